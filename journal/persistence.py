@@ -29,6 +29,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import nats.errors
@@ -297,6 +298,20 @@ class JetStreamStore:
             raise DatabaseError(f"JetStream direct get failed: {status} {reply.headers.get('Description')}")
         return reply
 
+    async def first_seq_at(self, when: datetime, subject_filter: str) -> int:
+        """The sequence of the first message on `subject_filter` stored at or after `when`."""
+        request = orjson.dumps({"start_time": when.astimezone(timezone.utc).isoformat(), "next_by_subj": subject_filter})
+        reply = await self.connection.nc.request(
+            f"$JS.API.DIRECT.GET.{self.stream}", request, timeout=self.connection.timeout
+        )
+        headers = reply.headers or {}
+        if headers.get("Status") == "404":
+            last = await self.last_message(subject_filter)
+            return 1 if last is None else int(last.headers["Nats-Sequence"]) + 1
+        if headers.get("Status"):
+            raise DatabaseError(f"JetStream direct get failed: {headers['Status']} {headers.get('Description')}")
+        return int(headers["Nats-Sequence"])
+
     async def read(self, start: int, count: int, subject_filter: str) -> tuple[list[Any], int]:
         """Up to `count` messages from sequence `start` on `subject_filter`, and how many remain."""
         nc = self.connection.nc
@@ -343,7 +358,7 @@ class JetStreamRecorder:
 
     def __init__(self, store: JetStreamStore):
         self.store = store
-        self._filter = store.subject(self.kind, ">")
+        self.subject_filter = store.subject(self.kind, ">")
         self._prefix_len = len(store.subject(self.kind, ""))
 
     def _messages(self, stored_events: Sequence[StoredEvent]) -> list[_Message]:
@@ -470,7 +485,7 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
                 count = min(count, stop - seq + 1)
             if count <= 0:
                 break
-            batch, pending = await self.store.read(seq, count, self._filter)
+            batch, pending = await self.store.read(seq, count, self.subject_filter)
             for msg in batch:
                 n = to_notification(msg, self._prefix_len)
                 if stop is not None and n.id > stop:
@@ -485,7 +500,7 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
         return found
 
     def max_notification_id(self) -> int | None:
-        msg = self.store.run(self.store.last_message(self._filter))
+        msg = self.store.run(self.store.last_message(self.subject_filter))
         return None if msg is None else int(msg.headers["Nats-Sequence"])
 
     def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> JetStreamSubscription:
@@ -502,7 +517,7 @@ class JetStreamSubscription(ListenNotifySubscription[JetStreamApplicationRecorde
     def __init__(self, recorder: JetStreamApplicationRecorder, gt: int | None = None, topics: Sequence[str] = ()):
         super().__init__(recorder=recorder, gt=gt, topics=topics)
         store = recorder.store
-        self._consumer = store.run(self._watch(store, recorder._filter))
+        self._consumer = store.run(self._watch(store, recorder.subject_filter))
         self._has_been_notified.set()  # pull once more: an event may have landed before the watch began
 
     async def _watch(self, store: JetStreamStore, subject_filter: str) -> Any:

@@ -1,0 +1,273 @@
+"""The `soul` command line.
+
+Every command talks to the journal on NATS JetStream: SOUL_NATS_URL (or --nats) names an
+external server or cluster; without it the embedded nats-server under SOUL_HOME is started
+on demand and reused. A user mistake or an unreachable server ends in one line on stderr
+and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+import orjson
+from eventsourcing.persistence import PersistenceError
+
+from journal.embedded import EmbeddedNats, ServiceError, soul_home
+from journal.event import BifocalEvent, EventError
+from journal.journal import Entry, Journal
+
+USER_ERRORS = (PersistenceError, EventError, ServiceError, OSError)
+
+
+class SoulGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as e:
+            if isinstance(e, BrokenPipeError):  # `soul tail | head`: the reader left, fine
+                sys.stderr.close()
+                ctx.exit(0)
+            raise click.ClickException(str(e) or type(e).__name__) from None
+        except KeyboardInterrupt:
+            ctx.exit(130)
+
+
+@click.group(cls=SoulGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--nats", "nats_url", envvar="SOUL_NATS_URL", metavar="URL[,URL...]",
+              help="External NATS server(s); default: the embedded server under SOUL_HOME.")
+@click.option("--home", envvar="SOUL_HOME", type=click.Path(file_okay=False), metavar="DIR",
+              help="The soul's home (embedded servers, models). Default: ~/.soul")
+@click.option("--app", default="soul", envvar="SOUL_APP", show_default=True,
+              help="Which soul's journal: each name is its own JetStream stream.")
+@click.pass_context
+def main(ctx: click.Context, nats_url: str | None, home: str | None, app: str) -> None:
+    """soul: a local, self-evolving agent whose every perception, thought and judgement
+    is an immutable bifocal event (prose + vector) on a NATS JetStream journal."""
+    if nats_url:
+        os.environ["SOUL_NATS_URL"] = nats_url
+    if home:
+        os.environ["SOUL_HOME"] = home
+    ctx.obj = {"app": app}
+
+
+def open_journal(ctx: click.Context) -> Journal:
+    journal = Journal(app=ctx.obj["app"])
+    ctx.call_on_close(journal.close)
+    return journal
+
+
+# -- run -------------------------------------------------------------------------------
+
+FIRST_WORDS = (
+    "I am awake. Everything I perceive becomes an event in my journal.",
+    "The journal is the truth; memory, context and even my weights are projections of it.",
+    "Each event keeps both halves of a thought: the words and the vector of what was meant.",
+)
+
+
+@main.command()
+@click.pass_context
+def run(ctx: click.Context) -> None:
+    """Start the soul on embedded defaults.
+
+    At this stage (see README, "Status") this starts the journal (embedded NATS with
+    JetStream unless SOUL_NATS_URL is set), journals a few perceptions embedded with
+    all-MiniLM-L6-v2, and shows them as `soul tail` would.
+    """
+    journal = open_journal(ctx)
+    click.echo(f"journal: {journal.where}", err=True)
+    embedder = _embedder()
+    vectors = embedder.embed(list(FIRST_WORDS))
+    start = journal.last_seq() + 1
+    origin = _originator("run")
+    for prose, vector in zip(FIRST_WORDS, vectors):
+        journal.add(BifocalEvent("perception", prose, vector, embedder.id, origin, data={"source": "soul:run"}))
+    for entry in journal.read(since=start):
+        click.echo(format_line(entry))
+    click.echo("follow the journal with `soul tail`; counts with `soul journal stats`", err=True)
+
+
+@main.command()
+@click.argument("prose")
+@click.option("--source", default="user", show_default=True, help="Who or what was perceived: user, agent:NAME, tool:NAME.")
+@click.option("--corpus", default=None, help="Corpus tag to attach.")
+@click.option("--json", "as_json", is_flag=True, help="Print the stored event as JSON.")
+@click.pass_context
+def perceive(ctx: click.Context, prose: str, source: str, corpus: str | None, as_json: bool) -> None:
+    """Journal PROSE as a perception, embedded with the default embedder."""
+    journal = open_journal(ctx)
+    embedder = _embedder()
+    event = BifocalEvent("perception", prose, embedder.embed([prose])[0], embedder.id,
+                         _originator(source), corpus=corpus, data={"source": source})
+    seq, event = journal.add(event)
+    entry = Entry(seq, event.originator_id, event.type, 0, event)
+    click.echo(orjson.dumps(entry_json(entry)).decode() if as_json else format_line(entry))
+
+
+def _embedder() -> Any:
+    from soul.embedder import load_default_embedder  # loads MLX: only for commands that embed
+
+    return load_default_embedder()
+
+
+def _originator(name: str) -> str:
+    """One aggregate per source, so each has its own ordered, versioned sequence."""
+    return f"source:{name}"
+
+
+# -- tail ------------------------------------------------------------------------------
+
+
+def parse_since(value: str) -> int | datetime:
+    if value.isdigit():
+        return int(value)
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter("give a sequence number or an ISO time like 2026-11-25T10:00") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+@main.command()
+@click.option("--since", metavar="SEQ|TIME", help="Start at this sequence number or ISO time (naive times are UTC).")
+@click.option("-n", "--last", "last", default=10, show_default=True, help="Without --since: start this many events back.")
+@click.option("--type", "types", multiple=True, metavar="TYPE", help="Only events of this type (repeatable).")
+@click.option("--follow/--no-follow", "-f/-F", default=True, show_default=True, help="Keep printing new events as they arrive.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--vectors", is_flag=True, help="With --json: include each vector as a list of floats.")
+@click.pass_context
+def tail(ctx: click.Context, since: str | None, last: int, types: tuple[str, ...], follow: bool, as_json: bool, vectors: bool) -> None:
+    """Show journal events, then follow new ones live (Ctrl-C to stop).
+
+    One line per event: sequence, time, type, originator, prose excerpt, and the vector's
+    dimension and norm. A message that cannot be decoded is shown as UNDECODABLE with its
+    sequence and the reason, and tailing goes on.
+    """
+    journal = open_journal(ctx)
+    if since is None:
+        start = max(journal.last_seq() - last + 1, 1)
+    else:
+        point = parse_since(since)
+        start = point if isinstance(point, int) else journal.seq_at(point)
+    entries: Iterator[Entry] = journal.follow(start, types) if follow else journal.read(start, types)
+    try:
+        for entry in entries:
+            if as_json:
+                click.echo(orjson.dumps(entry_json(entry, vectors)).decode())
+            else:
+                click.echo(format_line(entry))
+    except KeyboardInterrupt:
+        pass
+
+
+def format_line(entry: Entry) -> str:
+    event = entry.event
+    if event is None:
+        return f"{entry.seq:>8}  {'-':<19}  {'UNDECODABLE':<16}  {str(entry.originator_id)[:24]:<24}  {entry.error}"
+    prose = event.prose.replace("\n", " ")
+    excerpt = prose if len(prose) <= 60 else prose[:59] + "…"
+    origin = str(event.originator_id)[:24]
+    return (
+        f"{entry.seq:>8}  {event.timestamp:%Y-%m-%d %H:%M:%S}  {event.type:<16}  {origin:<24}  "
+        f"{excerpt!r}  [{event.embedder.dim}d |v|={event.norm:.3f}]"
+    )
+
+
+def entry_json(entry: Entry, vectors: bool = False) -> dict[str, Any]:
+    event = entry.event
+    if event is None:
+        return {"seq": entry.seq, "undecodable": True, "error": entry.error,
+                "originator": str(entry.originator_id), "topic": entry.topic}
+    out = {
+        "seq": entry.seq,
+        "time": event.timestamp.isoformat(),
+        "type": event.type,
+        "schema": event.schema,
+        "id": str(event.id),
+        "originator": str(event.originator_id),
+        "version": event.originator_version,
+        "prose": event.prose,
+        "embedder": event.embedder.name,
+        "dim": event.embedder.dim,
+        "norm": round(event.norm, 6),
+        "corpus": event.corpus,
+        "causation": str(event.causation_id) if event.causation_id else None,
+        "correlation": str(event.correlation_id) if event.correlation_id else None,
+        "data": event.data,
+    }
+    if vectors:
+        out["vector"] = event.vector.tolist()
+    return out
+
+
+# -- journal ---------------------------------------------------------------------------
+
+
+@main.group()
+def journal() -> None:
+    """Inspect the journal."""
+
+
+@journal.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.pass_context
+def stats(ctx: click.Context, as_json: bool) -> None:
+    """Count, bytes, first and last sequence, and events per type."""
+    figures = open_journal(ctx).stats()
+    if as_json:
+        click.echo(orjson.dumps(figures).decode())
+        return
+    click.echo(f"stream       {figures['stream']}")
+    click.echo(f"events       {figures['events']:,}")
+    click.echo(f"bytes        {figures['bytes']:,}")
+    click.echo(f"sequence     {figures['first_seq']} .. {figures['last_seq']}")
+    click.echo(f"undecodable  {figures['undecodable']:,}")
+    for kind, count in figures["by_type"].items():
+        click.echo(f"  {kind:<20} {count:,}")
+
+
+# -- services --------------------------------------------------------------------------
+
+
+@main.group()
+def services() -> None:
+    """Start, inspect and stop the embedded servers under SOUL_HOME."""
+
+
+def _nats() -> EmbeddedNats:
+    return EmbeddedNats(soul_home())
+
+
+@services.command("start")
+def services_start() -> None:
+    """Start the embedded NATS server (JetStream, 127.0.0.1 only) if it is not running."""
+    click.echo(f"nats  running  {_nats().start()}")
+
+
+@services.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per service.")
+def services_status(as_json: bool) -> None:
+    """Whether each embedded server runs, where, and where it keeps its data."""
+    status = _nats().status()
+    if os.environ.get("SOUL_NATS_URL"):
+        status["note"] = "SOUL_NATS_URL is set: commands use that server, not this one"
+    if as_json:
+        click.echo(orjson.dumps(status).decode())
+        return
+    state = "running" if status["running"] else "stopped"
+    where = status["url"] if status["running"] else "-"
+    click.echo(f"nats  {state:<8} {where}  pid={status['pid'] or '-'}  store={status['store']}")
+    if "note" in status:
+        click.echo(f"      {status['note']}")
+
+
+@services.command("stop")
+def services_stop() -> None:
+    """Stop the embedded servers cleanly (their data stays under SOUL_HOME)."""
+    click.echo("nats  stopped" if _nats().stop() else "nats  was not running")
