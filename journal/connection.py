@@ -84,7 +84,9 @@ class Connection:
 
         async def quiet_error(e: Exception) -> None:  # nats-py would print a traceback
             last_error.append(e)
-            log.warning("nats %s: %s", self.where, e)
+            # Before the first connection the caller gets one error; after it, each is news.
+            log.log(logging.WARNING if client.is_connected or client.is_reconnecting else logging.DEBUG,
+                    "nats %s: %s", self.where, e)
 
         # Reconnect forever once connected, but give the first connection a deadline:
         # nats-py would otherwise retry the first connect forever too.
@@ -115,16 +117,26 @@ class Connection:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def close(self) -> None:
+        """Flush what was published (drain) when connected; otherwise just let go."""
         if self.loop.is_closed():
             return
-        if not self.nc.is_closed:
-            try:
+        try:
+            if self.nc.is_connected:
                 self.run(self.nc.drain(), timeout=self.timeout)
-            except Exception:  # a dead server cannot be drained; closing is all that is left
+            elif not self.nc.is_closed:
                 self.run(self.nc.close(), timeout=self.timeout)
+        except Exception as e:  # a dead server: nothing left to flush to
+            log.warning("closing the connection to %s: %s", self.where, e)
         self._stop_loop()
 
     def _stop_loop(self) -> None:
+        async def cancel_leftovers() -> None:  # nats-py's subscription tasks, after a failed close
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.run(cancel_leftovers(), timeout=self.timeout)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join()
         self.loop.close()

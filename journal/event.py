@@ -80,7 +80,10 @@ class BifocalEvent:
             set_(self, "schema", CATALOGUE.get(self.type, 0))
         if self.timestamp.tzinfo is None:
             raise EventError("event timestamp must be timezone-aware (use datetime.now(timezone.utc))")
-        set_(self, "timestamp", self.timestamp.astimezone(timezone.utc))
+        try:
+            set_(self, "timestamp", self.timestamp.astimezone(timezone.utc))
+        except OverflowError:
+            raise EventError(f"timestamp {self.timestamp} is outside the representable range in UTC") from None
         self.validate()
 
     def validate(self) -> None:
@@ -129,7 +132,16 @@ _SCALAR_FIELDS = tuple(
 
 def as_vector(values: Any) -> np.ndarray:
     """A read-only little-endian float32 copy of `values`, refused unless every entry is finite."""
-    vec = np.array(values, dtype="<f4", copy=True).reshape(-1) if not _is_ready(values) else values
+    if _is_ready(values):
+        vec = values
+    else:
+        try:
+            with np.errstate(over="ignore"):  # overflow to inf is refused just below
+                vec = np.array(values, dtype="<f4", copy=True)
+        except (TypeError, ValueError):
+            raise EventError("vector must be a flat sequence of numbers") from None
+        if vec.ndim != 1:
+            raise EventError(f"vector must be one-dimensional, not of shape {vec.shape}")
     if not np.isfinite(vec).all():
         raise EventError("vector has NaN or infinite entries (or values beyond float32 range)")
     vec.flags.writeable = False

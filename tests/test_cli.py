@@ -1,0 +1,157 @@
+"""The `soul` command as a user meets it: real processes, real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import nats
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from journal.event import BifocalEvent, Embedder
+from journal.journal import Journal
+from soul.cli import main
+
+SOUL = [sys.executable, "-m", "soul"]
+
+
+def soul(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SOUL, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def filled(nats_url: str, app_name: str) -> str:
+    with Journal(app_name, {"SOUL_NATS_URL": nats_url}) as journal:
+        for i, kind in enumerate(["perception", "thought", "perception"]):
+            journal.add(BifocalEvent(kind, f"{kind} number {i}", np.full(4, 0.5), Embedder("e@1", 4), "source:user"))
+    return app_name
+
+
+def test_help_explains_every_command() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for command in ("run", "perceive", "tail", "journal", "services"):
+        assert command in result.output
+    tail_help = CliRunner().invoke(main, ["tail", "--help"]).output
+    assert "--since SEQ|TIME" in tail_help and "--vectors" in tail_help
+
+
+def test_tail_lines(filled: str) -> None:
+    result = CliRunner().invoke(main, ["--app", filled, "tail", "--no-follow"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 3
+    assert lines[1].split()[0] == "2" and "thought" in lines[1] and "[4d |v|=1.000]" in lines[1]
+
+
+def test_tail_json_filters_and_vectors(filled: str) -> None:
+    result = CliRunner().invoke(main, ["--app", filled, "tail", "-F", "--json", "--since", "2", "--type", "perception"])
+    objects = [json.loads(line) for line in result.output.splitlines()]
+    assert [o["seq"] for o in objects] == [3]
+    assert objects[0]["prose"] == "perception number 2" and "vector" not in objects[0]
+    with_vectors = CliRunner().invoke(main, ["--app", filled, "tail", "-F", "--json", "--vectors", "-n", "1"])
+    assert json.loads(with_vectors.output)["vector"] == [0.5] * 4
+
+
+def test_tail_since_time(filled: str) -> None:
+    future = CliRunner().invoke(main, ["--app", filled, "tail", "-F", "--since", "2999-01-01T00:00"])
+    assert future.exit_code == 0 and future.output == ""
+    past = CliRunner().invoke(main, ["--app", filled, "tail", "-F", "--since", "2000-01-01T00:00"])
+    assert len(past.output.splitlines()) == 3
+    bad = CliRunner().invoke(main, ["--app", filled, "tail", "--since", "yesterday"])
+    assert bad.exit_code == 2 and "ISO time" in bad.output
+
+
+def test_journal_stats(filled: str) -> None:
+    figures = json.loads(CliRunner().invoke(main, ["--app", filled, "journal", "stats", "--json"]).output)
+    assert figures["events"] == 3 and figures["first_seq"] == 1 and figures["last_seq"] == 3
+    assert figures["by_type"] == {"perception": 2, "thought": 1}
+
+
+def test_follow_shows_garbage_as_undecodable_goes_on_and_stops_cleanly_on_ctrl_c(filled: str, nats_url: str) -> None:
+    process = subprocess.Popen([*SOUL, "--app", filled, "tail", "--json", "--since", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [json.loads(process.stdout.readline()) for _ in range(3)]
+        assert [line["seq"] for line in lines] == [1, 2, 3]
+
+        async def publish() -> None:
+            nc = await nats.connect(nats_url)
+            await nc.jetstream().publish(f"soul.{filled}.e.intruder", b"not an event")
+            await nc.close()
+
+        asyncio.run(publish())
+        with Journal(filled, {"SOUL_NATS_URL": nats_url}) as journal:
+            journal.add(BifocalEvent("thought", "still here", [], originator_id="source:user"))
+        garbage, after = (json.loads(process.stdout.readline()) for _ in range(2))
+        assert garbage["seq"] == 4 and garbage["undecodable"] and "foreign" in garbage["error"]
+        assert after["seq"] == 5 and after["prose"] == "still here"
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=20)
+    assert process.returncode == 0
+    assert "Traceback" not in err
+
+
+def test_unreachable_nats_is_one_line_naming_the_url() -> None:
+    result = soul("--nats", "nats://127.0.0.1:1", "tail", "--no-follow", env={"SOUL_NATS_TIMEOUT": "1"})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "nats://127.0.0.1:1" in result.stderr, result.stderr
+
+
+def test_services_start_reuse_status_stop(tmp_path: Path) -> None:
+    env = {"SOUL_HOME": str(tmp_path), "SOUL_NATS_URL": ""}
+    first = soul("services", "start", env=env)
+    assert first.returncode == 0, first.stderr
+    url = first.stdout.split()[-1]
+    assert url.startswith("nats://127.0.0.1:")
+    try:
+        assert soul("services", "start", env=env).stdout.split()[-1] == url  # reused, not restarted
+        status = json.loads(soul("services", "status", "--json", env=env).stdout)
+        assert status["running"] and status["url"] == url
+        log = Path(status["log"]).read_text()
+        assert "Listening for client connections on 127.0.0.1:" in log  # loopback only
+        with Journal("t", {"SOUL_NATS_URL": url}) as journal:
+            journal.add(BifocalEvent("thought", "kept across restarts", [], originator_id="x"))
+    finally:
+        assert "stopped" in soul("services", "stop", env=env).stdout
+    assert not json.loads(soul("services", "status", "--json", env=env).stdout)["running"]
+    url_again = soul("services", "start", env=env).stdout.split()[-1]
+    try:
+        with Journal("t", {"SOUL_NATS_URL": url_again}) as journal:
+            assert [e.event.prose for e in journal.read()] == ["kept across restarts"]
+    finally:
+        soul("services", "stop", env=env)
+
+
+def test_commands_start_the_embedded_server_on_demand(tmp_path: Path) -> None:
+    env = {"SOUL_HOME": str(tmp_path), "SOUL_NATS_URL": ""}
+    try:
+        result = soul("tail", "--no-follow", env=env)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(soul("services", "status", "--json", env=env).stdout)["running"]
+    finally:
+        soul("services", "stop", env=env)
+
+
+def test_run_and_perceive_journal_embedded_perceptions(tmp_path: Path, nats_url: str, app_name: str) -> None:
+    result = soul("--app", app_name, "run", env={"SOUL_HOME": str(tmp_path)}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and all("perception" in line and "[384d |v|=1.000]" in line for line in lines)
+    with Journal(app_name, {"SOUL_NATS_URL": nats_url}) as journal:
+        events = [e.event for e in journal.read()]
+    assert events[0].embedder.name.startswith("all-MiniLM-L6-v2@") and events[0].embedder.dim == 384
+    perceived = soul("--app", app_name, "perceive", "a new thing", "--source", "agent:coder", "--json",
+                     env={"SOUL_HOME": str(tmp_path)}, timeout=300)
+    assert perceived.returncode == 0, perceived.stderr
+    event = json.loads(perceived.stdout)
+    assert event["seq"] == 4 and event["data"] == {"source": "agent:coder"} and event["dim"] == 384
