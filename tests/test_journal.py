@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -213,3 +214,38 @@ def test_a_dead_server_mid_session_is_an_operational_error(tmp_path, app_name: s
     with Journal(app_name, {"SOUL_NATS_URL": url}) as again:
         assert [e.event.prose for e in again.read()] == ["stored"]
     server.stop()
+
+
+@pytest.fixture
+def guarded_server(tmp_path) -> Iterator[int]:  # type: ignore[no-untyped-def]
+    """A nats-server that wants user alice with password s3cret, on a free port."""
+    import socket
+    import subprocess
+
+    from journal.embedded import nats_server_binary
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [str(nats_server_binary()), "-js", "-sd", str(tmp_path), "-a", "127.0.0.1", "-p", str(port),
+         "--user", "alice", "--pass", "s3cret"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+        assert time.monotonic() < deadline, "nats-server did not start"
+        time.sleep(0.05)
+    yield port
+    process.terminate()
+    process.wait(10)
+
+
+def test_credentials_in_the_url_and_several_servers(guarded_server: int, app_name: str) -> None:
+    url = f"nats://127.0.0.1:1,nats://alice:s3cret@127.0.0.1:{guarded_server}"  # first one is dead
+    with Journal(app_name, {"SOUL_NATS_URL": url}) as journal:
+        journal.add(perception("behind a password"))
+        assert len(list(journal.read())) == 1
+    with pytest.raises(JournalUnavailable, match="uthorization") as refused:
+        Journal(app_name, {"SOUL_NATS_URL": f"nats://alice:wrong@127.0.0.1:{guarded_server}", "SOUL_NATS_TIMEOUT": "1"})
+    assert "wrong" not in str(refused.value)
