@@ -9,7 +9,7 @@ says why it could not be decoded.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -133,11 +133,14 @@ class Journal:
         """The first sequence stored at or after `when` (one past the end if none)."""
         return self.factory.store.run(self.factory.store.first_seq_at(when, self.recorder.subject_filter))
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Figures over the whole journal; `progress(seq)` is called as it reads."""
         count = size = undecodable = 0
         first = last = None
         by_type: dict[str, int] = {}
         for entry in self.read():
+            if progress is not None and entry.seq % PAGE == 0:
+                progress(entry.seq)
             count += 1
             size += entry.size
             first = first or entry.seq

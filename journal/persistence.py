@@ -141,10 +141,14 @@ class JetStreamStore:
     async def _ensure_stream(self) -> None:
         js = self.connection.nc.jetstream(timeout=self.connection.timeout)
         try:
-            await js.stream_info(self.stream)
-            return
+            config = (await js.stream_info(self.stream)).config
         except nats.js.errors.NotFoundError:
             pass
+        else:
+            if not (config.allow_atomic and config.allow_direct):  # made by other tools: enable what we use
+                config.allow_atomic = config.allow_direct = True
+                await js.update_stream(config)
+            return
         config = StreamConfig(
             name=self.stream,
             subjects=[f"{self.prefix}.>"],

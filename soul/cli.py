@@ -20,7 +20,7 @@ from eventsourcing.persistence import PersistenceError
 
 from journal.embedded import EmbeddedNats, ServiceError, soul_home
 from journal.event import BifocalEvent, EventError
-from journal.journal import Entry, Journal
+from journal.journal import PAGE, Entry, Journal
 
 USER_ERRORS = (PersistenceError, EventError, ServiceError, OSError)
 
@@ -218,8 +218,14 @@ def journal() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
-    """Count, bytes, first and last sequence, and events per type."""
-    figures = open_journal(ctx).stats()
+    """Count, bytes, first and last sequence, and events per type (reads the whole journal)."""
+    journal = open_journal(ctx)
+    end = journal.last_seq()
+    if end > 20 * PAGE and sys.stderr.isatty():
+        with click.progressbar(length=end, label="reading the journal", file=sys.stderr) as bar:
+            figures = journal.stats(progress=lambda seq: bar.update(seq - bar.pos))
+    else:
+        figures = journal.stats()
     if as_json:
         click.echo(orjson.dumps(figures).decode())
         return

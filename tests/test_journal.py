@@ -249,3 +249,14 @@ def test_credentials_in_the_url_and_several_servers(guarded_server: int, app_nam
     with pytest.raises(JournalUnavailable, match="uthorization") as refused:
         Journal(app_name, {"SOUL_NATS_URL": f"nats://alice:wrong@127.0.0.1:{guarded_server}", "SOUL_NATS_TIMEOUT": "1"})
     assert "wrong" not in str(refused.value)
+
+
+def test_a_stream_made_by_another_tool_gets_what_the_journal_needs(nats_url: str, app_name: str) -> None:
+    async def make_plain_stream() -> None:
+        nc = await nats.connect(nats_url)
+        await nc.jetstream().add_stream(name=f"SOUL_{app_name}", subjects=[f"soul.{app_name}.>"])
+        await nc.close()
+
+    asyncio.run(make_plain_stream())
+    with Journal(app_name, {"SOUL_NATS_URL": nats_url}) as journal:
+        assert journal.append([perception("a", "x", 1), perception("b", "x", 2)]) == [1, 2]
