@@ -105,6 +105,12 @@ class Connection:
             )
         except Exception as e:
             await client.close()
+            refused = [x for x in last_error if "authorization" in str(x).lower()]
+            if refused:  # later retries only say "connection reset": the refusal is the news
+                raise JournalUnavailable(
+                    f"NATS at {self.where} refused the credentials ({refused[0]}); "
+                    "check the user, password, token or creds file in SOUL_NATS_URL / SOUL_NATS_CREDS"
+                ) from None
             cause = last_error[-1] if last_error else e
             reason = str(cause) or type(cause).__name__
             raise JournalUnavailable(

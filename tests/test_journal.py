@@ -246,7 +246,7 @@ def test_credentials_in_the_url_and_several_servers(guarded_server: int, app_nam
     with Journal(app_name, {"SOUL_NATS_URL": url}) as journal:
         journal.add(perception("behind a password"))
         assert len(list(journal.read())) == 1
-    with pytest.raises(JournalUnavailable, match="uthorization") as refused:
+    with pytest.raises(JournalUnavailable, match="refused the credentials") as refused:
         Journal(app_name, {"SOUL_NATS_URL": f"nats://alice:wrong@127.0.0.1:{guarded_server}", "SOUL_NATS_TIMEOUT": "1"})
     assert "wrong" not in str(refused.value)
 
