@@ -51,7 +51,7 @@ from eventsourcing.persistence import (
     TrackingRecorder,
 )
 from eventsourcing.utils import Environment, resolve_topic, strtobool
-from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from journal.connection import Connection, JournalUnavailable, options_from_env
 from journal.embedded import EmbeddedNats, soul_home
@@ -101,6 +101,21 @@ class _Message:
     headers: dict[str, str]
     payload: bytes
     version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A message as the stream holds it, whichever way it was read."""
+
+    seq: int
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+
+
+def _direct(msg: Any) -> Stored:
+    headers = msg.headers or {}
+    return Stored(int(headers["Nats-Sequence"]), headers.get("Nats-Subject", ""), headers, msg.data)
 
 
 class _WrongLastSequence(Exception):
@@ -286,20 +301,16 @@ class JetStreamStore:
     async def refresh(self, subjects: list[str]) -> None:
         """Ask the server what each subject's last message is now."""
         for subject in subjects:
-            msg = await self.last_message(subject)
-            if msg is None:
+            last = await self.last_message(subject)
+            if last is None:
                 self.remember(subject, _Last(0, None, None))
             else:
-                headers = msg.headers or {}
-                version = headers.get(H_VERSION) or headers.get(H_TRACKING)
-                self.remember(
-                    subject,
-                    _Last(int(headers["Nats-Sequence"]), int(version) if version else None, headers.get("Nats-Msg-Id")),
-                )
+                version = last.headers.get(H_VERSION) or last.headers.get(H_TRACKING)
+                self.remember(subject, _Last(last.seq, int(version) if version else None, last.headers.get("Nats-Msg-Id")))
 
     # -- reading ---------------------------------------------------------------------
 
-    async def last_message(self, subject: str) -> Any:
+    async def last_message(self, subject: str) -> Stored | None:
         reply = await self.connection.nc.request(
             f"$JS.API.DIRECT.GET.{self.stream}.{subject}", b"", timeout=self.connection.timeout
         )
@@ -308,64 +319,111 @@ class JetStreamStore:
             return None
         if status:
             raise DatabaseError(f"JetStream direct get failed: {status} {reply.headers.get('Description')}")
-        return reply
+        return _direct(reply)
 
     async def first_seq_at(self, when: datetime, subject_filter: str) -> int:
         """The sequence of the first message on `subject_filter` stored at or after `when`."""
-        if when > datetime.now(timezone.utc):  # also: the server's clock overflows past 2262
-            last = await self.last_message(subject_filter)
-            return 1 if last is None else int(last.headers["Nats-Sequence"]) + 1
-        request = orjson.dumps({"start_time": when.astimezone(timezone.utc).isoformat(), "next_by_subj": subject_filter})
-        reply = await self.connection.nc.request(
-            f"$JS.API.DIRECT.GET.{self.stream}", request, timeout=self.connection.timeout
-        )
-        headers = reply.headers or {}
-        if headers.get("Status") == "404":
-            last = await self.last_message(subject_filter)
-            return 1 if last is None else int(last.headers["Nats-Sequence"]) + 1
-        if headers.get("Status"):
-            raise DatabaseError(f"JetStream direct get failed: {headers['Status']} {headers.get('Description')}")
-        return int(headers["Nats-Sequence"])
+        if when <= datetime.now(timezone.utc):  # (the server's clock also overflows past 2262)
+            request = orjson.dumps({"start_time": when.astimezone(timezone.utc).isoformat(), "next_by_subj": subject_filter})
+            reply = await self.connection.nc.request(
+                f"$JS.API.DIRECT.GET.{self.stream}", request, timeout=self.connection.timeout
+            )
+            status = (reply.headers or {}).get("Status")
+            if status is None:
+                return _direct(reply).seq
+            if status != "404":
+                raise DatabaseError(f"JetStream direct get failed: {status} {reply.headers.get('Description')}")
+        last = await self.last_message(subject_filter)
+        return 1 if last is None else last.seq + 1
 
-    async def read(self, start: int, count: int, subject_filter: str) -> tuple[list[Any], int]:
-        """Up to `count` messages from sequence `start` on `subject_filter`, and how many remain."""
+    async def read(self, start: int, count: int, subject_filter: str) -> tuple[list[Stored], bool]:
+        """Up to `count` messages on `subject_filter` from sequence `start`, and whether more follow.
+
+        Small reads are one DIRECT.GET batch request. Large ones go through a short-lived pull
+        consumer, whose messages carry no per-message server headers: measured here, 1.3-1.8x
+        faster than DIRECT.GET for pages of 1,000 (the headers cost more to parse than the
+        consumer costs to create).
+        """
+        if count <= 100:
+            return await self._read_direct(start, count, subject_filter)
+        return await self._read_consumer(start, count, subject_filter)
+
+    async def _collect(self, subject: str, request: bytes, count: int, parse: Any) -> tuple[list[Stored], bool]:
+        """Send `request` to `subject` and gather the replies until `count` or a status message."""
         nc = self.connection.nc
+        stored: list[Stored] = []
+        more: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        async def collect(msg: Any) -> None:  # a callback: next_msg() costs a task per message
+            status = msg.headers.get("Status") if msg.headers else None
+            if status is None:
+                stored.append(parse(msg))
+                if len(stored) == count and not more.done():
+                    more.set_result(True)
+            elif more.done():
+                return
+            elif status == "204":  # DIRECT.GET's end of batch
+                more.set_result(int(msg.headers.get("Nats-Num-Pending", 0)) > 0)
+            elif status in ("404", "408"):  # nothing (more) to read
+                more.set_result(False)
+            else:
+                more.set_exception(DatabaseError(f"JetStream read failed: {status} {msg.headers.get('Description')}"))
+
         inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        request = orjson.dumps({"seq": start, "batch": count, "next_by_subj": subject_filter})
+        sub = await nc.subscribe(inbox, cb=collect)
         try:
-            await nc.publish(f"$JS.API.DIRECT.GET.{self.stream}", request, reply=inbox)
-            messages = []
-            while True:
-                msg = await sub.next_msg(timeout=self.connection.timeout)
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status == "204":  # end of batch
-                    return messages, int(headers.get("Nats-Num-Pending", 0))
-                if status == "404":
-                    return messages, 0
-                if status:
-                    raise DatabaseError(f"JetStream direct get failed: {status} {headers.get('Description')}")
-                messages.append(msg)
+            await nc.publish(subject, request, reply=inbox)
+            return stored, await asyncio.wait_for(more, self.connection.timeout)
         finally:
             await sub.unsubscribe()
 
+    async def _read_direct(self, start: int, count: int, subject_filter: str) -> tuple[list[Stored], bool]:
+        request = orjson.dumps({"seq": start, "batch": count, "next_by_subj": subject_filter})
+        return await self._collect(f"$JS.API.DIRECT.GET.{self.stream}", request, count + 1, _direct)
 
-def to_notification(msg: Any, prefix_len: int) -> Notification:
+    async def _read_consumer(self, start: int, count: int, subject_filter: str) -> tuple[list[Stored], bool]:
+        js = self.connection.nc.jetstream(timeout=self.connection.timeout)
+        consumer = await js.add_consumer(
+            self.stream,
+            ConsumerConfig(
+                filter_subject=subject_filter,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=start,
+                ack_policy=AckPolicy.NONE,
+                mem_storage=True,
+                num_replicas=1,
+                inactive_threshold=30.0,  # removed by the server should the delete below be lost
+            ),
+        )
+        try:
+            if not consumer.num_pending:
+                return [], False
+
+            def parse(msg: Any) -> Stored:
+                return Stored(msg.metadata.sequence.stream, msg.subject, msg.headers or {}, msg.data)
+
+            request = orjson.dumps({"batch": count, "no_wait": True})
+            stored, _ = await self._collect(
+                f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{consumer.name}", request, min(count, consumer.num_pending), parse
+            )
+            return stored, consumer.num_pending > len(stored)
+        finally:
+            await self.connection.nc.publish(f"$JS.API.CONSUMER.DELETE.{self.stream}.{consumer.name}", b"")
+
+
+def to_notification(stored: Stored, prefix_len: int) -> Notification:
     """A Notification for a stored message; one we did not write is kept, as FOREIGN_TOPIC."""
-    headers = msg.headers or {}
-    seq = int(headers["Nats-Sequence"])
-    subject = headers.get("Nats-Subject", "")
+    headers = stored.headers
     try:
         return Notification(
-            id=seq,
-            originator_id=originator_from_token(subject[prefix_len:]),
+            id=stored.seq,
+            originator_id=originator_from_token(stored.subject[prefix_len:]),
             originator_version=int(headers[H_VERSION]),
             topic=headers[H_TOPIC],
-            state=msg.data,
+            state=stored.data,
         )
     except (KeyError, ValueError, UnicodeDecodeError):
-        return Notification(id=seq, originator_id=subject, originator_version=0, topic=FOREIGN_TOPIC, state=msg.data)
+        return Notification(id=stored.seq, originator_id=stored.subject, originator_version=0, topic=FOREIGN_TOPIC, state=stored.data)
 
 
 class JetStreamRecorder:
@@ -438,16 +496,15 @@ class JetStreamAggregateRecorder(JetStreamRecorder, AggregateRecorder):
     ) -> list[StoredEvent]:
         subject = self.store.subject(self.kind, subject_token(originator_id))
         if desc and limit == 1 and lte is None:  # the latest event (or snapshot): one direct get
-            msg = await self.store.last_message(subject)
-            found = [] if msg is None else [self._stored_event(msg, originator_id)]
+            last = await self.store.last_message(subject)
+            found = [] if last is None else [self._stored_event(last, originator_id)]
         else:
-            found, start = [], 1
-            while True:
-                batch, pending = await self.store.read(start, 4096, subject)
+            found, start, more = [], 1, True
+            while more:
+                batch, more = await self.store.read(start, 4096, subject)
                 found.extend(self._stored_event(m, originator_id) for m in batch)
-                if not batch or not pending:
-                    break
-                start = int(batch[-1].headers["Nats-Sequence"]) + 1
+                if batch:
+                    start = batch[-1].seq + 1
         selected = [
             s for s in found
             if s is not None
@@ -459,15 +516,15 @@ class JetStreamAggregateRecorder(JetStreamRecorder, AggregateRecorder):
         return selected[:limit] if limit is not None else selected
 
     @staticmethod
-    def _stored_event(msg: Any, originator_id: uuid.UUID | str) -> StoredEvent | None:
-        headers = msg.headers or {}
+    def _stored_event(stored: Stored, originator_id: uuid.UUID | str) -> StoredEvent | None:
+        headers = stored.headers
         if H_VERSION not in headers or H_TOPIC not in headers:
             return None  # a foreign message has no place in an aggregate's sequence
         return StoredEvent(
             originator_id=originator_id,
             originator_version=int(headers[H_VERSION]),
             topic=headers[H_TOPIC],
-            state=msg.data,
+            state=stored.data,
         )
 
 
@@ -500,23 +557,23 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
                 count = min(count, stop - seq + 1)
             if count <= 0:
                 break
-            batch, pending = await self.store.read(seq, count, self.subject_filter)
-            for msg in batch:
-                n = to_notification(msg, self._prefix_len)
+            batch, more = await self.store.read(seq, count, self.subject_filter)
+            for stored in batch:
+                n = to_notification(stored, self._prefix_len)
                 if stop is not None and n.id > stop:
                     return found
                 if not topics or n.topic in topics:
                     found.append(n)
                     if len(found) == limit:
                         return found
-            if not batch or not pending:
+            if not batch or not more:
                 break
-            seq = int(batch[-1].headers["Nats-Sequence"]) + 1
+            seq = batch[-1].seq + 1
         return found
 
     def max_notification_id(self) -> int | None:
-        msg = self.store.run(self.store.last_message(self.subject_filter))
-        return None if msg is None else int(msg.headers["Nats-Sequence"])
+        last = self.store.run(self.store.last_message(self.subject_filter))
+        return None if last is None else last.seq
 
     def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> JetStreamSubscription:
         return JetStreamSubscription(self, gt=gt, topics=topics)
@@ -566,8 +623,8 @@ class JetStreamTrackingRecorder(JetStreamRecorder, TrackingRecorder):
 
     def max_tracking_id(self, application_name: str) -> int | None:
         subject = self.store.subject("t", app_token(application_name))
-        msg = self.store.run(self.store.last_message(subject))
-        return None if msg is None else int(msg.headers[H_TRACKING])
+        last = self.store.run(self.store.last_message(subject))
+        return None if last is None else int(last.headers[H_TRACKING])
 
 
 class JetStreamProcessRecorder(JetStreamTrackingRecorder, JetStreamApplicationRecorder, ProcessRecorder):

@@ -156,14 +156,15 @@ def tail(ctx: click.Context, since: str | None, last: int, types: tuple[str, ...
         point = parse_since(since)
         start = point if isinstance(point, int) else journal.seq_at(point)
     entries: Iterator[Entry] = journal.follow(start, types) if follow else journal.read(start, types)
+    out = sys.stdout
     try:
         for entry in entries:
-            if as_json:
-                click.echo(orjson.dumps(entry_json(entry, vectors)).decode())
-            else:
-                click.echo(format_line(entry))
+            out.write((orjson.dumps(entry_json(entry, vectors)).decode() if as_json else format_line(entry)) + "\n")
+            if follow:  # a live reader wants each event as it lands; a dump wants throughput
+                out.flush()
     except KeyboardInterrupt:
         pass
+    out.flush()
 
 
 def format_line(entry: Entry) -> str:
