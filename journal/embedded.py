@@ -44,7 +44,7 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -79,7 +79,7 @@ class EmbeddedNats:
     def status(self) -> dict[str, Any]:
         """{"running": bool, "pid", "port", "url", "store", "log"} for `soul services status`."""
         state = self._state() or {}
-        running = bool(state) and _alive(state["pid"]) and _port_open(state["port"])
+        running = bool(state) and process_alive(state["pid"]) and _port_open(state["port"])
         return {
             "service": "nats",
             "running": running,
@@ -137,7 +137,7 @@ class EmbeddedNats:
             pid = status["pid"]
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while _alive(pid):
+            while process_alive(pid):
                 if time.monotonic() > deadline:
                     os.kill(pid, signal.SIGKILL)
                 time.sleep(0.05)

@@ -18,9 +18,14 @@ import click
 import orjson
 from eventsourcing.persistence import PersistenceError
 
+import psycopg
+
 from journal.embedded import EmbeddedNats, ServiceError, soul_home
 from journal.event import BifocalEvent, EventError
 from journal.journal import PAGE, Entry, Journal
+from projections.postgres import EmbeddedPostgres, connect, pg_url
+from projections.registry import PROJECTIONS
+from projections.runner import ProjectionRunner, status
 
 USER_ERRORS = (PersistenceError, EventError, ServiceError, OSError)
 
@@ -34,6 +39,8 @@ class SoulGroup(click.Group):
                 sys.stderr.close()
                 ctx.exit(0)
             raise click.ClickException(str(e) or type(e).__name__) from None
+        except psycopg.OperationalError as e:  # the Postgres connection broke mid-command
+            raise click.ClickException(f"Postgres: {str(e).strip().splitlines()[0]}") from None
         except KeyboardInterrupt:
             ctx.exit(130)
 
@@ -239,6 +246,65 @@ def stats(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"  {kind:<20} {count:,}")
 
 
+# -- projections -----------------------------------------------------------------------
+
+
+@main.group()
+def projections() -> None:
+    """The read models of the journal, kept in Postgres (SOUL_PG_URL, else the embedded one)."""
+
+
+@projections.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per projection.")
+@click.pass_context
+def status_command(ctx: click.Context, as_json: bool) -> None:
+    """Position, lag, version, rows and dead letters of each projection."""
+    journal = open_journal(ctx)
+    with connect(pg_url()) as conn:
+        for projection in PROJECTIONS.values():
+            figures = status(conn, journal, projection())
+            click.echo(orjson.dumps(figures).decode() if as_json else format_status(figures))
+
+
+def format_status(figures: dict[str, Any]) -> str:
+    line = (f"{figures['name']:<16} v{figures['version']:<3} position {figures['position']:>9,}  "
+            f"lag {figures['lag']:>9,}  rows {figures['rows']:>9,}  dead letters {figures['dead_letters']:,}")
+    if figures["stored_version"] is None:
+        return line + "  (not built yet)"
+    if figures["stored_version"] != figures["version"]:
+        line += f"  (stored v{figures['stored_version']}: rebuilt on the next run)"
+    if shadow := figures["rebuild"]:
+        line += f"  (rebuilding v{shadow['version']}: at {shadow['position']:,} of {figures['last_seq']:,})"
+    return line
+
+
+@projections.command()
+@click.argument("name")
+@click.pass_context
+def rebuild(ctx: click.Context, name: str) -> None:
+    """Rebuild projection NAME from the start of the journal, then swap it in.
+
+    Reads keep using the current table until the new one has caught up. An interrupted
+    rebuild resumes where it stopped.
+    """
+    if name not in PROJECTIONS:
+        raise click.ClickException(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
+    journal = open_journal(ctx)
+    with ProjectionRunner(journal, PROJECTIONS[name]()) as runner:
+        bar = click.progressbar(length=max(journal.last_seq(), 1), label=f"rebuilding {name}",
+                                file=sys.stderr)
+
+        def progress(position: int, end: int) -> None:
+            bar.length = end  # the journal may grow while we rebuild
+            bar.update(position - bar.pos)
+
+        with bar:
+            runner.rebuild(progress)
+        figures = runner.status()
+    click.echo(f"{name} rebuilt: v{figures['version']}, position {figures['position']:,}, rows {figures['rows']:,}, "
+               f"dead letters {figures['dead_letters']:,}")
+
+
 # -- services --------------------------------------------------------------------------
 
 
@@ -247,34 +313,41 @@ def services() -> None:
     """Start, inspect and stop the embedded servers under SOUL_HOME."""
 
 
-def _nats() -> EmbeddedNats:
-    return EmbeddedNats(soul_home())
+def _services() -> list[tuple[EmbeddedNats | EmbeddedPostgres, str]]:
+    """Each embedded server with the variable that, when set, makes commands use another one."""
+    home = soul_home()
+    return [(EmbeddedNats(home), "SOUL_NATS_URL"), (EmbeddedPostgres(home), "SOUL_PG_URL")]
 
 
 @services.command("start")
 def services_start() -> None:
-    """Start the embedded NATS server (JetStream, 127.0.0.1 only) if it is not running."""
-    click.echo(f"nats  running  {_nats().start()}")
+    """Start the embedded NATS (JetStream, 127.0.0.1 only) and Postgres (Unix socket only)."""
+    for server, _ in _services():
+        url = server.start()
+        click.echo(f"{server.status()['service']:<9} running  {url}")
 
 
 @services.command("status")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per service.")
 def services_status(as_json: bool) -> None:
     """Whether each embedded server runs, where, and where it keeps its data."""
-    status = _nats().status()
-    if os.environ.get("SOUL_NATS_URL"):
-        status["note"] = "SOUL_NATS_URL is set: commands use that server, not this one"
-    if as_json:
-        click.echo(orjson.dumps(status).decode())
-        return
-    state = "running" if status["running"] else "stopped"
-    where = status["url"] if status["running"] else "-"
-    click.echo(f"nats  {state:<8} {where}  pid={status['pid'] or '-'}  store={status['store']}")
-    if "note" in status:
-        click.echo(f"      {status['note']}")
+    for server, variable in _services():
+        status = server.status()
+        if os.environ.get(variable):
+            status["note"] = f"{variable} is set: commands use that server, not this one"
+        if as_json:
+            click.echo(orjson.dumps(status).decode())
+            continue
+        state = "running" if status["running"] else "stopped"
+        where = status["url"] if status["running"] else "-"
+        click.echo(f"{status['service']:<9} {state:<8} {where}  pid={status['pid'] or '-'}  store={status['store']}")
+        if "note" in status:
+            click.echo(f"          {status['note']}")
 
 
 @services.command("stop")
 def services_stop() -> None:
     """Stop the embedded servers cleanly (their data stays under SOUL_HOME)."""
-    click.echo("nats  stopped" if _nats().stop() else "nats  was not running")
+    for server, _ in _services():
+        name = server.status()["service"]
+        click.echo(f"{name:<9} stopped" if server.stop() else f"{name:<9} was not running")

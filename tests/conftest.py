@@ -1,11 +1,15 @@
-"""Real parts for the tests: a nats-server with JetStream started for the session.
+"""Real parts for the tests: a nats-server with JetStream and a Postgres with pgvector,
+started for the session.
 
-SOUL_NATS_URL in the environment points the tests at an external server or cluster instead.
+SOUL_NATS_URL in the environment points the tests at an external server or cluster instead,
+SOUL_PG_URL at an external Postgres (it needs pgvector).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from journal.embedded import EmbeddedNats
+from projections.postgres import EmbeddedPostgres
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +34,31 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         server.stop()
         del os.environ["SOUL_NATS_URL"]
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    external = os.environ.get("SOUL_PG_URL")
+    if external:
+        yield external
+        return
+    home = pg_home()
+    server = EmbeddedPostgres(home)
+    url = server.start()
+    os.environ["SOUL_PG_URL"] = url  # for code under test and its subprocesses
+    try:
+        yield url
+    finally:
+        server.stop()
+        del os.environ["SOUL_PG_URL"]
+        shutil.rmtree(home)
+
+
+def pg_home() -> Path:
+    """A home outside pytest's temp tree. Run as root, pgserver runs Postgres as the user
+    `pgserver` and opens up the path to its data; every pytest session start closes pytest's
+    tree again (mode 0700), which would lock out a server another session is using."""
+    return Path(tempfile.mkdtemp(prefix="soul-pg-"))
 
 
 @pytest.fixture

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nats
@@ -107,29 +109,39 @@ def test_unreachable_nats_is_one_line_naming_the_url() -> None:
     assert result.stderr.count("\n") == 1 and "nats://127.0.0.1:1" in result.stderr, result.stderr
 
 
-def test_services_start_reuse_status_stop(tmp_path: Path) -> None:
-    env = {"SOUL_HOME": str(tmp_path), "SOUL_NATS_URL": ""}
+def statuses(env: dict[str, str]) -> dict[str, dict]:
+    lines = soul("services", "status", "--json", env=env).stdout.splitlines()
+    return {s["service"]: s for s in map(json.loads, lines)}
+
+
+def test_services_start_reuse_status_stop() -> None:
+    home = Path(tempfile.mkdtemp(prefix="soul-home-"))  # outside pytest's tree: Postgres runs as its own user
+    env = {"SOUL_HOME": str(home), "SOUL_NATS_URL": "", "SOUL_PG_URL": ""}
     first = soul("services", "start", env=env)
     assert first.returncode == 0, first.stderr
-    url = first.stdout.split()[-1]
-    assert url.startswith("nats://127.0.0.1:")
+    urls = dict(line.split(maxsplit=2)[::2] for line in first.stdout.splitlines())
+    assert urls["nats"].startswith("nats://127.0.0.1:") and urls["postgres"].startswith("postgresql://")
     try:
-        assert soul("services", "start", env=env).stdout.split()[-1] == url  # reused, not restarted
-        status = json.loads(soul("services", "status", "--json", env=env).stdout)
-        assert status["running"] and status["url"] == url
-        log = Path(status["log"]).read_text()
+        again = soul("services", "start", env=env).stdout.splitlines()
+        assert dict(line.split(maxsplit=2)[::2] for line in again) == urls  # reused, not restarted
+        status = statuses(env)
+        assert status["nats"]["running"] and status["nats"]["url"] == urls["nats"]
+        assert status["postgres"]["running"] and "host=" in status["postgres"]["url"]  # a Unix socket
+        log = Path(status["nats"]["log"]).read_text()
         assert "Listening for client connections on 127.0.0.1:" in log  # loopback only
-        with Journal("t", {"SOUL_NATS_URL": url}) as journal:
+        with Journal("t", {"SOUL_NATS_URL": urls["nats"]}) as journal:
             journal.add(BifocalEvent("thought", "kept across restarts", [], originator_id="x"))
     finally:
-        assert "stopped" in soul("services", "stop", env=env).stdout
-    assert not json.loads(soul("services", "status", "--json", env=env).stdout)["running"]
-    url_again = soul("services", "start", env=env).stdout.split()[-1]
+        stopped = soul("services", "stop", env=env).stdout
+        assert stopped.count("stopped") == 2, stopped
+    assert not any(s["running"] for s in statuses(env).values())
+    url_again = soul("services", "start", env=env).stdout.splitlines()[0].split()[-1]
     try:
         with Journal("t", {"SOUL_NATS_URL": url_again}) as journal:
             assert [e.event.prose for e in journal.read()] == ["kept across restarts"]
     finally:
         soul("services", "stop", env=env)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_commands_start_the_embedded_server_on_demand(tmp_path: Path) -> None:
@@ -137,7 +149,7 @@ def test_commands_start_the_embedded_server_on_demand(tmp_path: Path) -> None:
     try:
         result = soul("tail", "--no-follow", env=env)
         assert result.returncode == 0, result.stderr
-        assert json.loads(soul("services", "status", "--json", env=env).stdout)["running"]
+        assert statuses(env)["nats"]["running"]
     finally:
         soul("services", "stop", env=env)
 

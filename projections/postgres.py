@@ -1,0 +1,149 @@
+"""Postgres for the projections: the embedded one from the pgserver wheel, or SOUL_PG_URL.
+
+The embedded server is PostgreSQL 16 with pgvector, its data directory `$SOUL_HOME/pg`,
+listening on a Unix socket only (no TCP port). Like the embedded NATS it is started by the
+first command that needs it and reused by later ones until `stop()`. pgserver's default
+would stop it when the Python process that started it exits (an atexit hook, for the last
+process holding a handle); we ask for `cleanup_mode=None` so a server started by one
+command outlives it. Its state is read from Postgres' own `postmaster.pid`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from pgvector.psycopg import register_vector
+
+from journal.connection import redact
+from journal.embedded import ServiceError, process_alive, soul_home
+
+
+class PostgresUnavailable(ServiceError):
+    """Postgres could not be started, reached or used; the message says why and where."""
+
+
+def redact_url(url: str) -> str:
+    """`url` without its password, whether in the authority or as a `password=` parameter."""
+    return re.sub(r"(password=)[^&\s]*", r"\1***", redact(url))
+
+
+def pg_url() -> str:
+    """SOUL_PG_URL if set, else the embedded server's URL (started if needed)."""
+    return os.environ.get("SOUL_PG_URL") or EmbeddedPostgres(soul_home()).start()
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    """An autocommit connection to `url` with pgvector's types registered."""
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
+    except psycopg.Error as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PostgresUnavailable(
+            f"cannot reach Postgres at {redact_url(url)} ({reason}); is it running? "
+            "(SOUL_PG_URL names it; unset, the embedded one under SOUL_HOME is used)"
+        ) from None
+    try:
+        _ensure_vector(conn, url)
+        register_vector(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _ensure_vector(conn: psycopg.Connection[Any], url: str) -> None:
+    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone():
+        return
+    if not conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone():
+        raise PostgresUnavailable(
+            f"Postgres at {redact_url(url)} lacks the pgvector extension ('vector'); install pgvector "
+            "there, or unset SOUL_PG_URL to use the embedded Postgres"
+        )
+    try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except psycopg.errors.UniqueViolation:  # another connection created it just now
+        pass
+    except psycopg.errors.InsufficientPrivilege:
+        raise PostgresUnavailable(
+            f"the pgvector extension ('vector') is not created in the database at {redact_url(url)} "
+            "and this user may not create it; run `CREATE EXTENSION vector` there as a superuser"
+        ) from None
+
+
+def _listening(socket_path: Path) -> bool:
+    """Whether a server answers on the Unix socket: a pid file can outlive its server (reboot)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(str(socket_path)) == 0
+
+
+class EmbeddedPostgres:
+    def __init__(self, home: Path):
+        self.dir = home / "pg"
+        self.log_file = self.dir / "log"
+
+    def _postmaster(self) -> dict[str, Any] | None:
+        """pid, port, socket dir and state from `postmaster.pid`, which Postgres keeps current."""
+        try:
+            lines = (self.dir / "postmaster.pid").read_text().splitlines()
+            return {"pid": int(lines[0]), "port": int(lines[3]), "socket_dir": lines[4],
+                    "state": lines[7].strip() if len(lines) > 7 else "starting"}
+        except (FileNotFoundError, IndexError, ValueError):  # not running, or still writing it
+            return None
+
+    def status(self) -> dict[str, Any]:
+        """{"running": bool, "pid", "port", "url", "store", "log"}, like EmbeddedNats.status()."""
+        info = self._postmaster() or {}
+        running = (bool(info) and info["state"] == "ready" and process_alive(info["pid"])
+                   and _listening(Path(info["socket_dir"]) / f".s.PGSQL.{info['port']}"))
+        return {
+            "service": "postgres",
+            "running": running,
+            "pid": info["pid"] if running else None,
+            "port": info.get("port"),
+            "url": f"postgresql://postgres@/postgres?host={info['socket_dir']}&port={info['port']}" if running else None,
+            "store": str(self.dir),
+            "log": str(self.log_file),
+        }
+
+    def start(self) -> str:
+        """The URL of the running server, starting it first if needed."""
+        status = self.status()
+        if status["running"]:
+            return status["url"]
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():  # platformdirs warns on import when XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            import pgserver
+        try:
+            # pgserver serialises starts across processes with its own lock and reuses a running server.
+            server = pgserver.get_server(self.dir, cleanup_mode=None)
+            if not self.status()["running"]:  # a handle pgserver cached in this process before a stop()
+                server.ensure_postgres_running()
+        except Exception as e:
+            raise PostgresUnavailable(
+                f"the embedded Postgres did not start from {self.dir} ({type(e).__name__}); see {self.log_file}"
+            ) from None
+        return self.status()["url"]
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the server cleanly (fast shutdown: a checkpoint, no recovery next time)."""
+        status = self.status()
+        if not status["running"]:
+            return False
+        pid = status["pid"]
+        os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        while process_alive(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGQUIT)  # immediate shutdown: recovers on the next start
+            time.sleep(0.05)
+        return True
