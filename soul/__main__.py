@@ -1,3 +1,3 @@
-from soul.cli import main
+from soul.cli import entry
 
-main()
+entry()

@@ -26,6 +26,7 @@ from journal.journal import PAGE, Entry, Journal
 from projections.postgres import EmbeddedPostgres, connect, pg_url
 from projections.registry import PROJECTIONS
 from projections.runner import ProjectionRunner, status
+from soul.blas import BlasError, reexec_with_optimized_blas
 
 USER_ERRORS = (PersistenceError, EventError, ServiceError, OSError)
 
@@ -61,6 +62,15 @@ def main(ctx: click.Context, nats_url: str | None, home: str | None, app: str) -
     if home:
         os.environ["SOUL_HOME"] = home
     ctx.obj = {"app": app}
+
+
+def entry() -> None:
+    """The `soul` console script: restart once with the optimized BLAS preloaded, then run."""
+    try:
+        reexec_with_optimized_blas()
+    except BlasError as e:
+        sys.exit(f"Error: {e}")
+    main()
 
 
 def open_journal(ctx: click.Context) -> Journal:

@@ -18,6 +18,12 @@ import pytest
 
 from journal.embedded import EmbeddedNats
 from projections.postgres import EmbeddedPostgres
+from soul.blas import reexec_with_optimized_blas
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Run the suite on OpenBLAS as `soul` does (soul/blas.py); servers it starts do not inherit it.
+    reexec_with_optimized_blas()
 
 
 @pytest.fixture(scope="session")
