@@ -224,6 +224,9 @@ def main() -> int:
         print(generate(args.out, args.layers, args.dim, args.ffn, args.adapters, args.rank))
         return 0
     if args.child:
+        from soul.blas import reexec_with_optimized_blas
+
+        reexec_with_optimized_blas()  # as `soul evolve` will run: mlx rebuilds the deltas with matmuls
         child(args.child, args.model, args.adapter, args.out)
         return 0
 
