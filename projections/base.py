@@ -49,7 +49,8 @@ class Projection(ABC):
 
     @abstractmethod
     def create(self, cur: psycopg.Cursor[Any], table: sql.Identifier) -> None:
-        """Create `table` empty, with its indexes (unnamed, so Postgres names them uniquely)."""
+        """Create `table` empty, with its indexes (unnamed, so Postgres names them uniquely),
+        except those it defers to `finish`."""
 
     @abstractmethod
     def apply(self, cur: psycopg.Cursor[Any], table: sql.Identifier, entries: Sequence[Entry]) -> None:
@@ -59,3 +60,8 @@ class Projection(ABC):
         idempotent per journal seq: applying an entry whose seq the table already reflects
         changes nothing. (The runner never re-applies an entry; this is the second guard.)
         """
+
+    def finish(self, cur: psycopg.Cursor[Any], table: sql.Identifier) -> None:
+        """Build what is cheaper to build over all rows at once than row by row (ANN indexes):
+        called after a fill from the journal, before a rebuilt table is swapped in, and once per
+        runner for the table it keeps up. Must be idempotent. By default nothing."""

@@ -66,6 +66,7 @@ class ProjectionRunner:
         self.page = page
         self.schema = schema_for(journal.factory.env.name)
         self.conn = connect(url or pg_url())
+        self._finished: set[str] = set()  # tables this runner has called projection.finish on
         self._setup()
 
     def close(self) -> None:
@@ -165,6 +166,16 @@ class ProjectionRunner:
                 progress(position, end)
         return position
 
+    def _finish(self, table: str) -> None:
+        """Let the projection build what it deferred, once per table per runner, holding the
+        table's tracking lock so that no page is applied meanwhile."""
+        if table in self._finished:
+            return
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            self._locked_position(cur, table)
+            self.projection.finish(cur, self._id(table))
+        self._finished.add(table)
+
     # -- the runner's API ------------------------------------------------------------------
 
     def catch_up(self, progress: Progress | None = None) -> int:
@@ -176,7 +187,9 @@ class ProjectionRunner:
                 self.rebuild(progress)
                 continue
             try:
-                return self._fill(active, progress)
+                position = self._fill(active, progress)
+                self._finish(active)
+                return position
             except _Swapped:  # another process swapped in a rebuild: look again
                 continue
 
@@ -192,6 +205,7 @@ class ProjectionRunner:
         shadow = self._shadow()
         try:
             self._fill(shadow, progress)
+            self._finish(shadow)
             self._swap(shadow)
         except _Swapped:  # another process finished this same rebuild
             pass

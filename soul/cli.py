@@ -27,6 +27,7 @@ from projections.postgres import EmbeddedPostgres, connect, pg_url
 from projections.registry import PROJECTIONS
 from projections.runner import ProjectionRunner, status
 from soul.blas import BlasError, reexec_with_optimized_blas
+from soul.search_cli import search
 
 USER_ERRORS = (PersistenceError, EventError, ServiceError, OSError)
 
@@ -222,6 +223,9 @@ def entry_json(entry: Entry, vectors: bool = False) -> dict[str, Any]:
     if vectors:
         out["vector"] = event.vector.tolist()
     return out
+
+
+main.add_command(search)
 
 
 # -- journal ---------------------------------------------------------------------------

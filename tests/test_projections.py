@@ -443,8 +443,8 @@ def test_status_and_rebuild_commands(journal: Journal, pg_url: str, nats_url: st
     assert rebuilt.exit_code == 0, rebuilt.output
     assert "event_counts rebuilt: v1, position 3, rows 2, dead letters 1" in rebuilt.output
 
-    (line,) = CliRunner().invoke(main, ["projections", "status", "--json"], env=env).output.splitlines()
-    figures = json.loads(line)
+    lines = CliRunner().invoke(main, ["projections", "status", "--json"], env=env).output.splitlines()
+    figures = next(f for f in map(json.loads, lines) if f["name"] == "event_counts")
     assert {k: figures[k] for k in ("name", "version", "stored_version", "position", "lag", "rows", "dead_letters")} == {
         "name": "event_counts", "version": 1, "stored_version": 1, "position": 3, "lag": 0, "rows": 2, "dead_letters": 1}
 
@@ -452,7 +452,7 @@ def test_status_and_rebuild_commands(journal: Journal, pg_url: str, nats_url: st
 def test_user_mistakes_are_one_line_errors(journal: Journal, nats_url: str) -> None:
     env = {"SOUL_APP": journal.factory.env.name, "SOUL_NATS_URL": nats_url}
     unknown = CliRunner().invoke(main, ["projections", "rebuild", "nope"], env=env)
-    assert unknown.exit_code == 1 and unknown.output == "Error: unknown projection 'nope'; known: event_counts\n"
+    assert unknown.exit_code == 1 and unknown.output == "Error: unknown projection 'nope'; known: event_counts, memory\n"
     unreachable = CliRunner().invoke(main, ["projections", "status"], env={**env, "SOUL_PG_URL": "postgresql://bob:hunter2@127.0.0.1:1/x"})
     assert unreachable.exit_code == 1 and len(unreachable.output.splitlines()) == 1
     assert "bob:***@127.0.0.1:1" in unreachable.output and "hunter2" not in unreachable.output

@@ -1,0 +1,172 @@
+"""Memory: one row per bifocal event worth remembering, found by meaning and by words (design §4).
+
+Remembered are what the soul perceived, thought, got back from tools, summarised, and the chunks
+of ingested corpora, each with its prose and the vector it was journaled with (nothing is
+re-embedded). A `resonance` event scores the event it judges (data: {"event": id, "score": 0..1});
+the judgement with the highest journal seq wins, whatever order pages are applied in, so a
+rebuild and an incremental run agree and re-applying a page changes nothing.
+
+The vector column is `vector(384)`, the default embedder's dimension. An event embedded with
+another dimension is still remembered, with its vector NULL: keyword search finds it, semantic
+search cannot (`unembedded` counts those rows). Changing `dim` changes the schema: bump `version`.
+
+Indexes: the seq primary key and a btree on the event id (which resonance looks up) are made
+with the table; the search indexes are deferred to `finish`, which builds them over all rows at
+once after a fill from the journal: an HNSW index (cosine) over every vector, one partial HNSW
+index per corpus (pgvector 0.6 filters *after* an index scan, so `WHERE corpus = …` on the
+global index can return fewer than k rows; a partial index returns k of that corpus), and a GIN
+index over `words`. Once a table is finished, `apply` adds the partial index of a corpus it sees
+for the first time.
+
+`words` is the prose under the 'simple' configuration (no stemming, no stop words, so
+identifiers stay as written): as Postgres parses it, where `soul/cli.py` and `runner.catch_up`
+are single tokens and `parse_config_v2` is a phrase of three, and, if a token holds `.`, `/` or
+`:`, once more with those read as spaces, so that `cli.py` or `catch_up` alone find them too
+(search.py queries both ways).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from journal.journal import Entry
+from projections.base import Projection
+
+log = logging.getLogger("soul.projections.memory")
+
+REMEMBERED = ("perception", "thought", "tool_result", "summary", "chunk_ingested")
+SPLIT = "./:"  # characters read as spaces in the second half of `words` (and of the query)
+# The second half only for prose with a separator inside a token (most prose has none), and with
+# ts_rank's lowest weight (D, 0.1) against the first half's highest (A, 1.0): words that appear
+# in both halves barely gain rank from it.
+WORDS = (f"setweight(to_tsvector('simple', prose), 'A') || CASE WHEN prose ~ '[{SPLIT}][[:alnum:]_]' "
+         f"THEN to_tsvector('simple', translate(prose, '{SPLIT}', '{' ' * len(SPLIT)}')) ELSE ''::tsvector END")
+COLUMNS = ("seq", "id", "time", "type", "prose", "vector", "embedder", "corpus")
+
+
+class Memory(Projection):
+    name = "memory"
+    version = 1
+    types = (*REMEMBERED, "resonance")
+    dim = 384
+
+    def create(self, cur: psycopg.Cursor[Any], table: sql.Identifier) -> None:
+        cur.execute(sql.SQL(
+            "CREATE TABLE {table} ("
+            " seq bigint PRIMARY KEY, id uuid NOT NULL, time timestamptz NOT NULL, type text NOT NULL,"
+            " prose text NOT NULL, vector vector({dim}), embedder text NOT NULL, corpus text,"
+            " resonance real, resonance_seq bigint,"
+            " words tsvector GENERATED ALWAYS AS ({words}) STORED)"
+        ).format(table=table, dim=sql.Literal(self.dim), words=sql.SQL(WORDS)))
+        # Not unique: a duplicated event id in the journal must not stop the projection.
+        cur.execute(sql.SQL("CREATE INDEX ON {} (id)").format(table))
+
+    def apply(self, cur: psycopg.Cursor[Any], table: sql.Identifier, entries: Sequence[Entry]) -> None:
+        # Rows are only ever added, in journal order: the highest seq held marks what is applied.
+        applied = cur.execute(sql.SQL("SELECT coalesce(max(seq), 0) FROM {}").format(table)).fetchone()[0]  # type: ignore[index]
+        rows = [self._row(e) for e in entries if e.topic in REMEMBERED and e.seq > applied]
+        if rows:
+            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+                    table, sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))) as copy:
+                copy.set_types(["bigint", "uuid", "timestamptz", "text", "text", "vector", "text", "text"])
+                for row in rows:
+                    copy.write_row(row)
+        self._judge(cur, table, [e for e in entries if e.topic == "resonance"])
+        corpora = {row[-1] for row in rows} - {None}
+        if corpora:
+            relname, existing = self._indexes(cur, table)
+            if f"{relname}_vector" in existing:  # finished: index a new corpus as it comes; else `finish` will
+                self._create_missing(cur, table, relname, existing, corpora)
+
+    def finish(self, cur: psycopg.Cursor[Any], table: sql.Identifier) -> None:
+        relname, existing = self._indexes(cur, table)
+        if f"{relname}_vector" in existing:
+            return  # finished before (all in one transaction), and `apply` has kept corpora indexed since
+        rows, corpora = cur.execute(sql.SQL(
+            "SELECT count(*), coalesce(array_agg(DISTINCT corpus) FILTER (WHERE corpus IS NOT NULL), '{{}}') FROM {}"
+        ).format(table)).fetchone()  # type: ignore[misc]
+        # HNSW builds fast only while its graph fits in maintenance_work_mem (~4 bytes a dimension
+        # plus ~1 KB of links and bookkeeping per row): the default 64 MB holds ~25k rows. Beyond
+        # the 2 GB cap pgvector goes on building, slower, rather than taking the machine's memory.
+        megabytes = min(2048, max(64, rows * (4 * self.dim + 1024) * 5 // 4 >> 20))
+        cur.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(sql.Literal(f"{megabytes}MB")))
+        self._create_missing(cur, table, relname, existing, set(corpora))
+        cur.execute(sql.SQL("ANALYZE {}").format(table))  # plans for a bulk-loaded table need its statistics
+
+    def _row(self, e: Entry) -> tuple[Any, ...]:
+        event = e.event
+        assert event is not None  # the runner passes decoded entries only
+        vector = event.vector if event.embedder.dim == self.dim else None
+        return (e.seq, event.id, event.timestamp, event.type, event.prose, vector, event.embedder.name, event.corpus)
+
+    def _judge(self, cur: psycopg.Cursor[Any], table: sql.Identifier, judgements: Sequence[Entry]) -> None:
+        latest: dict[uuid.UUID, tuple[float, int]] = {}
+        for e in judgements:
+            data = e.event.data  # type: ignore[union-attr]
+            try:
+                target, score = uuid.UUID(str(data["event"])), float(data["score"])
+            except (KeyError, TypeError, ValueError):
+                log.warning("memory: resonance at seq %d names no event and score: %r", e.seq, data)
+                continue
+            if not 0.0 <= score <= 1.0:
+                log.warning("memory: resonance at seq %d scores %r, outside 0..1", e.seq, score)
+                continue
+            latest[target] = (score, e.seq)  # entries come in journal order: the last one wins
+        if not latest:
+            return
+        # A table filled by COPY has no statistics until autovacuum gets to it; without them the
+        # planner hash-joins the judgements against a scan of the whole table (20 ms a page at 50k rows).
+        (never_analyzed,) = cur.execute("SELECT reltuples < 0 FROM pg_class WHERE oid = %s::regclass",
+                                        [table.as_string(cur)]).fetchone()  # type: ignore[misc]
+        if never_analyzed:
+            cur.execute(sql.SQL("ANALYZE {}").format(table))
+        ids = list(latest)
+        cur.execute(sql.SQL(
+            "UPDATE {} AS m SET resonance = j.score, resonance_seq = j.seq"
+            " FROM unnest(%s::uuid[], %s::real[], %s::bigint[]) AS j(id, score, seq)"
+            " WHERE m.id = j.id AND (m.resonance_seq IS NULL OR m.resonance_seq < j.seq)"
+        ).format(table), [ids, [latest[i][0] for i in ids], [latest[i][1] for i in ids]])
+
+    @staticmethod
+    def _indexes(cur: psycopg.Cursor[Any], table: sql.Identifier) -> tuple[str, set[str]]:
+        """The table's own name (without schema) and the names of its indexes."""
+        relname, names = cur.execute(
+            "SELECT t.relname, array(SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
+            " WHERE x.indrelid = t.oid) FROM pg_class t WHERE t.oid = %s::regclass", [table.as_string(cur)]
+        ).fetchone()  # type: ignore[misc]
+        return relname, set(names)
+
+    @staticmethod
+    def _create_missing(cur: psycopg.Cursor[Any], table: sql.Identifier, relname: str, existing: set[str],
+                        corpora: set[str]) -> None:
+        hnsw = "USING hnsw (vector vector_cosine_ops)"
+        wanted: dict[str, tuple[str, str | None]] = {
+            f"{relname}_vector": (hnsw, None),
+            f"{relname}_words": ("USING gin (words)", None),
+            **{f"{relname}_vector_{corpus_key(c)}": (hnsw, c) for c in sorted(corpora)},
+        }
+        for name, (using, corpus) in wanted.items():
+            if name in existing:
+                continue
+            ddl = sql.SQL("CREATE INDEX {} ON {} " + using).format(sql.Identifier(name), table)
+            if corpus is not None:
+                ddl += sql.SQL(" WHERE corpus = {}").format(sql.Literal(corpus))
+            cur.execute(ddl)
+
+
+def corpus_key(corpus: str) -> str:
+    """A short, stable, identifier-safe stand-in for a corpus name (which may be any text)."""
+    return hashlib.sha256(corpus.encode()).hexdigest()[:12]
+
+
+def unembedded(conn: psycopg.Connection[Any], app: str) -> int:
+    """How many remembered events have no vector here (their embedder's dimension is not `dim`)."""
+    query = sql.SQL("SELECT count(*) FROM {} WHERE vector IS NULL").format(Memory.view(app))
+    return conn.execute(query).fetchone()[0]  # type: ignore[index]
