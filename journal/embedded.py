@@ -58,6 +58,16 @@ def process_alive(pid: int) -> bool:
         return True
 
 
+def stop_process(pid: int, polite: signal.Signals, forceful: signal.Signals, timeout: float) -> None:
+    """Send `polite`, wait for the process to end, and send `forceful` if it outlasts `timeout`."""
+    os.kill(pid, polite)
+    deadline = time.monotonic() + timeout
+    while process_alive(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, forceful)
+        time.sleep(0.05)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -134,11 +144,5 @@ class EmbeddedNats:
             status = self.status()
             if not status["running"]:
                 return False
-            pid = status["pid"]
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while process_alive(pid):
-                if time.monotonic() > deadline:
-                    os.kill(pid, signal.SIGKILL)
-                time.sleep(0.05)
+            stop_process(status["pid"], signal.SIGTERM, signal.SIGKILL, timeout)
             return True

@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import socket
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 from journal.connection import redact
-from journal.embedded import ServiceError, process_alive, soul_home
+from journal.embedded import ServiceError, process_alive, soul_home, stop_process
 
 
 class PostgresUnavailable(ServiceError):
@@ -139,11 +138,6 @@ class EmbeddedPostgres:
         status = self.status()
         if not status["running"]:
             return False
-        pid = status["pid"]
-        os.kill(pid, signal.SIGINT)
-        deadline = time.monotonic() + timeout
-        while process_alive(pid):
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGQUIT)  # immediate shutdown: recovers on the next start
-            time.sleep(0.05)
+        # SIGINT is Postgres' fast shutdown; SIGQUIT its immediate one (recovers on the next start).
+        stop_process(status["pid"], signal.SIGINT, signal.SIGQUIT, timeout)
         return True

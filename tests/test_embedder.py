@@ -8,8 +8,6 @@ PyTorch + mean pooling + L2 normalisation from the same model.zip
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
