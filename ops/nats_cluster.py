@@ -1,0 +1,105 @@
+"""A 3-node NATS JetStream cluster on loopback, for moving the journal off the embedded server.
+
+    python ops/nats_cluster.py start DIR     # prints SOUL_NATS_URL for the three nodes
+    python ops/nats_cluster.py status DIR    # one JSON object per node
+    python ops/nats_cluster.py stop DIR
+
+Each node gets a config in DIR (client port, cluster port, JetStream store), binds 127.0.0.1
+only, and routes to the other two. With `SOUL_NATS_REPLICAS=3` a new journal stream is
+replicated to all three, so it survives the loss of any one node. The same configs, with real
+host names instead of 127.0.0.1, are a starting point for a cluster across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # runnable from a checkout without an editable install
+    sys.path.insert(0, str(ROOT))
+
+from journal.embedded import free_port, port_open, nats_server_binary, process_alive, stop_process  # noqa: E402
+
+NODES = ("n1", "n2", "n3")
+
+
+def config(folder: Path, name: str, ports: dict[str, tuple[int, int]]) -> str:
+    client, route = ports[name]
+    routes = ", ".join(f"nats-route://127.0.0.1:{ports[other][1]}" for other in NODES if other != name)
+    return (
+        f"server_name: {name}\n"
+        f"listen: 127.0.0.1:{client}\n"
+        f'jetstream {{ store_dir: "{folder / name}" }}\n'
+        f"cluster {{ name: soul, listen: 127.0.0.1:{route}, routes: [{routes}] }}\n"
+    )
+
+
+def start(folder: Path, timeout: float = 30.0) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    state_file = folder / "cluster.json"
+    if state_file.exists() and all(n["running"] for n in status(folder)):
+        return url(json.loads(state_file.read_text()))
+    ports = {name: (free_port(), free_port()) for name in NODES}
+    nodes = {}
+    for name in NODES:
+        conf = folder / f"{name}.conf"
+        conf.write_text(config(folder, name, ports))
+        process = subprocess.Popen(
+            [str(nats_server_binary()), "-c", str(conf), "-l", str(folder / f"{name}.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        nodes[name] = {"pid": process.pid, "port": ports[name][0]}
+    state_file.write_text(json.dumps(nodes))
+    deadline = time.monotonic() + timeout
+    while not all(port_open(n["port"]) for n in nodes.values()):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the cluster did not start; see the logs in {folder}")
+        time.sleep(0.05)
+    return url(nodes)
+
+
+def url(nodes: dict[str, dict[str, int]]) -> str:
+    return ",".join(f"nats://127.0.0.1:{n['port']}" for n in nodes.values())
+
+
+def status(folder: Path) -> list[dict[str, object]]:
+    try:
+        nodes = json.loads((folder / "cluster.json").read_text())
+    except FileNotFoundError:
+        return []
+    return [
+        {"node": name, "pid": n["pid"], "port": n["port"],
+         "running": process_alive(n["pid"]) and port_open(n["port"])}
+        for name, n in nodes.items()
+    ]
+
+
+def stop(folder: Path) -> None:
+    for node in status(folder):
+        if node["running"]:
+            stop_process(int(node["pid"]), signal.SIGTERM, signal.SIGKILL, 15.0)  # type: ignore[arg-type]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["start", "status", "stop"])
+    parser.add_argument("folder", type=Path, help="where the configs, stores and logs live")
+    args = parser.parse_args()
+    if args.action == "start":
+        print(start(args.folder))
+    elif args.action == "status":
+        for node in status(args.folder):
+            print(json.dumps(node))
+    else:
+        stop(args.folder)
+
+
+if __name__ == "__main__":
+    main()
