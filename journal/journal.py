@@ -64,7 +64,11 @@ class Journal:
     def __init__(self, app: str = "soul", env: dict[str, str] | None = None):
         settings = {"PERSISTENCE_MODULE": "journal.persistence", **(env or {})}
         self.factory: Factory = InfrastructureFactory.construct(Environment(name=app, env=settings))  # type: ignore[assignment]
-        self.recorder: JetStreamApplicationRecorder = self.factory.application_recorder()  # type: ignore[assignment]
+        try:
+            self.recorder: JetStreamApplicationRecorder = self.factory.application_recorder()  # type: ignore[assignment]
+        except BaseException:  # e.g. JetStream not ready yet: do not leave the connection behind
+            self.factory.close()
+            raise
         self._next_version: dict[uuid.UUID | str, int] = {}
 
     def close(self) -> None:
