@@ -26,9 +26,11 @@ CATALOGUE: dict[str, int] = {
     "self_defined": 1,  # the pinned self-definition, rewritten
     "notebook_written": 1,  # the pinned notebook, rewritten
     "summary": 1,  # data: first and last sequence of the evicted range it stands for
-    "chunk_ingested": 1,  # data: path, content hash, chunk index
+    "chunk_ingested": 1,  # data: path, content hash, chunk index, the file's chunk count, line range
+    "document_removed": 1,  # a corpus file gone or changed: data: path, content hash, ids of its chunk events
     "corpus_mounted": 1,
     "corpus_unmounted": 1,
+    "corpus_removed": 1,  # the corpus and all its chunks leave the views
     "curation_sealed": 1,
     "adapter_trained": 1,
     "generation_sealed": 1,

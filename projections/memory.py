@@ -2,7 +2,8 @@
 
 Remembered are what the soul perceived, thought, got back from tools, summarised, and the chunks
 of ingested corpora, each with its prose and the vector it was journaled with (nothing is
-re-embedded). A `resonance` event scores the event it judges (data: {"event": id, "score": 0..1});
+re-embedded). Corpus chunks are forgotten again when their file is (`document_removed`, naming
+the chunk event ids) or their corpus is (`corpus_removed`). A `resonance` event scores the event it judges (data: {"event": id, "score": 0..1});
 the judgement with the highest journal seq wins, whatever order pages are applied in, so a
 rebuild and an incremental run agree and re-applying a page changes nothing.
 
@@ -42,6 +43,7 @@ from projections.base import Projection
 log = logging.getLogger("soul.projections.memory")
 
 REMEMBERED = ("perception", "thought", "tool_result", "summary", "chunk_ingested")
+FORGOTTEN = ("document_removed", "corpus_removed")  # corpus chunks leave memory with their file or corpus
 SPLIT = "./:"  # characters read as spaces in the second half of `words` (and of the query)
 # The second half only for prose with a separator inside a token (most prose has none), and with
 # ts_rank's lowest weight (D, 0.1) against the first half's highest (A, 1.0): words that appear
@@ -54,7 +56,7 @@ COLUMNS = ("seq", "id", "time", "type", "prose", "vector", "embedder", "corpus")
 class Memory(Projection):
     name = "memory"
     version = 1
-    types = (*REMEMBERED, "resonance")
+    types = (*REMEMBERED, "resonance", *FORGOTTEN)
     dim = 384
 
     def create(self, cur: psycopg.Cursor[Any], table: sql.Identifier) -> None:
@@ -79,6 +81,7 @@ class Memory(Projection):
                 for row in rows:
                     copy.write_row(row)
         self._judge(cur, table, [e for e in entries if e.topic == "resonance"])
+        self._forget(cur, table, [e for e in entries if e.topic in FORGOTTEN])
         corpora = {row[-1] for row in rows} - {None}
         if corpora:
             relname, existing = self._indexes(cur, table)
@@ -133,6 +136,20 @@ class Memory(Projection):
             " FROM unnest(%s::uuid[], %s::real[], %s::bigint[]) AS j(id, score, seq)"
             " WHERE m.id = j.id AND (m.resonance_seq IS NULL OR m.resonance_seq < j.seq)"
         ).format(table), [ids, [latest[i][0] for i in ids], [latest[i][1] for i in ids]])
+
+    @staticmethod
+    def _forget(cur: psycopg.Cursor[Any], table: sql.Identifier, removals: Sequence[Entry]) -> None:
+        # A removed document names its chunks' event ids; a removed corpus takes the chunks
+        # journaled before it (a corpus added again later keeps its new ones).
+        for e in removals:
+            event = e.event
+            assert event is not None
+            if e.topic == "document_removed":
+                ids = [str(i) for i in event.data.get("chunk_ids", [])]
+                cur.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s::uuid[]) AND type = 'chunk_ingested'").format(table), [ids])
+            elif event.corpus is not None:
+                cur.execute(sql.SQL("DELETE FROM {} WHERE corpus = %s AND type = 'chunk_ingested' AND seq < %s")
+                            .format(table), [event.corpus, e.seq])
 
     @staticmethod
     def _indexes(cur: psycopg.Cursor[Any], table: sql.Identifier) -> tuple[str, set[str]]:

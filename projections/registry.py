@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from projections.base import Projection
+from projections.corpora import Corpora
 from projections.counts import EventCounts
 from projections.memory import Memory
+from projections.turns import Turns
 
-PROJECTIONS: dict[str, type[Projection]] = {p.name: p for p in (EventCounts, Memory)}
+PROJECTIONS: dict[str, type[Projection]] = {p.name: p for p in (EventCounts, Memory, Corpora, Turns)}

@@ -27,6 +27,7 @@ from projections.postgres import EmbeddedPostgres, connect, pg_url
 from projections.registry import PROJECTIONS
 from projections.runner import ProjectionRunner, status
 from soul.blas import BlasError, reexec_with_optimized_blas
+from soul.corpus_cli import corpus
 from soul.search_cli import search
 
 USER_ERRORS = (PersistenceError, EventError, ServiceError, OSError)
@@ -226,6 +227,7 @@ def entry_json(entry: Entry, vectors: bool = False) -> dict[str, Any]:
 
 
 main.add_command(search)
+main.add_command(corpus)
 
 
 # -- journal ---------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from journal.journal import Entry, Journal
 from projections.base import Projection, schema_for
 from projections.counts import EventCounts
 from projections.postgres import EmbeddedPostgres, PostgresUnavailable, connect
+from projections.registry import PROJECTIONS
 from projections.runner import ProjectionRunner
 from soul.cli import main
 
@@ -452,7 +453,7 @@ def test_status_and_rebuild_commands(journal: Journal, pg_url: str, nats_url: st
 def test_user_mistakes_are_one_line_errors(journal: Journal, nats_url: str) -> None:
     env = {"SOUL_APP": journal.factory.env.name, "SOUL_NATS_URL": nats_url}
     unknown = CliRunner().invoke(main, ["projections", "rebuild", "nope"], env=env)
-    assert unknown.exit_code == 1 and unknown.output == "Error: unknown projection 'nope'; known: event_counts, memory\n"
+    assert unknown.exit_code == 1 and unknown.output == f"Error: unknown projection 'nope'; known: {', '.join(PROJECTIONS)}\n"
     unreachable = CliRunner().invoke(main, ["projections", "status"], env={**env, "SOUL_PG_URL": "postgresql://bob:hunter2@127.0.0.1:1/x"})
     assert unreachable.exit_code == 1 and len(unreachable.output.splitlines()) == 1
     assert "bob:***@127.0.0.1:1" in unreachable.output and "hunter2" not in unreachable.output

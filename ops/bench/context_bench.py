@@ -1,0 +1,242 @@
+#!/usr/bin/env python
+"""Context window assembly at 10k and at 1M journal events: its cost must not grow with the journal.
+
+    python ops/bench/context_bench.py [--small N] [--large N] [--assemblies A] [--budget T] [--json]
+
+Starts its own embedded nats-server and Postgres under a temporary SOUL_HOME (unless
+SOUL_NATS_URL / SOUL_PG_URL name servers; then only its own streams and schemas are used and
+dropped afterwards). Tokens are counted with SmolLM2's tokenizer (the embedded model, converted
+into the temporary home first: ~1 minute).
+
+1. The projection path, on a small journal: 2,000 events (a self-definition, a notebook, two
+   interleaved conversations) journaled, the `turns` projection caught up by its runner, a
+   window assembled and checked (the newest turns, oldest evicted), a summary journaled for the
+   eviction and shown by the next assembly.
+2. Assembly latency over `turns` tables of N = 10k and 1M rows. Journaling and projecting 1M
+   events is not affordable here (~1 hour), so these rows are loaded straight into the
+   projection's table with COPY, shaped as the projection writes them: one self-definition, one
+   notebook, then turns of which every second belongs to the measured conversation (so it grows
+   with the journal too: 5k or 500k turns), the rest to 100 others, and one summary standing for
+   all but the measured conversation's newest 2,000 turns, as summaries written on eviction
+   leave it. Assemblies of the two sizes alternate (A each, after warm-up), budget T tokens
+   (default 8192: the window holds ~300 turns), notebook cap 2048, no retrievals (memory search
+   is measured by memory_bench.py). Target: p99(1M) / p99(10k) <= 1.2.
+
+Exit status 1 if the target is missed or the projection path check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # runnable from a checkout without an editable install
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import psycopg  # noqa: E402
+from mlx_lm.utils import load_tokenizer  # noqa: E402
+from psycopg import sql  # noqa: E402
+
+from journal.embedded import EmbeddedNats  # noqa: E402
+from journal.event import BifocalEvent  # noqa: E402
+from journal.journal import Journal  # noqa: E402
+from projections.base import schema_for  # noqa: E402
+from projections.postgres import EmbeddedPostgres, connect  # noqa: E402
+from projections.runner import ProjectionRunner  # noqa: E402
+from projections.turns import COLUMNS, TURNS, Turns  # noqa: E402
+from soul.context import assemble, summarise  # noqa: E402
+from soul.model import embedded_model_dir  # noqa: E402
+
+TARGET = 1.2
+KEPT = 2000  # turns of the measured conversation no summary covers yet
+OTHERS = 100  # other conversations sharing the journal
+T0 = time.perf_counter()
+
+
+def say(message: str) -> None:
+    print(f"[{time.perf_counter() - T0:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def turn_prose(i: int) -> str:
+    # Zero-padded: turns are as long at 1M as at 10k, so both windows hold as many.
+    return f"Turn {i:07d}: the soul considered the deploy script and noted that step {i % 97:02d} needs a retry."
+
+
+def check_projection_path(nats_url: str, pg_url: str, tokenizer: Any, budget: int) -> dict[str, Any]:
+    """Journal, project and assemble a small conversation end to end; what was checked and how long."""
+    app = "benchpath" + uuid.uuid4().hex[:8]
+    talk, other = uuid.uuid4(), uuid.uuid4()
+    events = [BifocalEvent("self_defined", "I am the soul under benchmark.", np.zeros(0)),
+              BifocalEvent("notebook_written", "Keep the deploy green.", np.zeros(0))]
+    events += [BifocalEvent(TURNS[i % 3], turn_prose(i), np.zeros(0), originator_id=(talk, other)[i % 2])
+               for i in range(1998)]
+    start = time.perf_counter()
+    try:
+        with Journal(app, {"SOUL_NATS_URL": nats_url}) as journal, connect(pg_url) as conn:
+            seqs = [journal.add(e)[0] for e in events]
+            journaled = time.perf_counter()
+            with ProjectionRunner(journal, Turns(), pg_url) as runner:
+                runner.catch_up()
+            projected = time.perf_counter()
+            context = assemble(conn, app, str(talk), None, tokenizer, budget)
+            mine = [s for s, e in zip(seqs, events) if e.originator_id == talk]
+            kept = context.turn_seqs
+            suffix = bool(kept) and kept == mine[-len(kept):] and context.evictions == ((mine[0], mine[-len(kept) - 1]),)
+            summarise(journal, conn, str(talk), context.evictions[0])
+            with ProjectionRunner(journal, Turns(), pg_url) as runner:
+                runner.catch_up()
+            after = assemble(conn, app, str(talk), None, tokenizer, budget)
+            summarised = any(b.kind == "summary" for b in after.blocks) and after.turn_seqs[-1] == mine[-1]
+            ok = suffix and summarised and context.tokens <= budget and after.tokens <= budget
+            return {"events": len(events), "journal_s": journaled - start, "catch_up_s": projected - journaled,
+                    "window_turns": len(kept), "tokens": context.tokens, "ok": ok}
+    finally:
+        drop(pg_url, app, nats_url)
+
+
+def drop(pg_url: str, app: str, nats_url: str | None = None) -> None:
+    with connect(pg_url) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema_for(app))))
+    if nats_url:
+        with Journal(app, {"SOUL_NATS_URL": nats_url}) as journal:
+            store = journal.factory.store
+            store.run(store.connection.nc.jetstream().delete_stream(store.stream))
+
+
+def load_turns(nats_url: str, pg_url: str, events: int) -> tuple[str, str]:
+    """An app whose `turns` table holds `events` rows loaded by COPY (see the module doc); (app, conversation)."""
+    app = "bench" + uuid.uuid4().hex[:8]
+    talk = str(uuid.uuid4())
+    others = [str(uuid.uuid4()) for _ in range(OTHERS)]
+    mine = (events - 3) // 2
+    with Journal(app, {"SOUL_NATS_URL": nats_url}) as journal, ProjectionRunner(journal, Turns(), pg_url) as runner:
+        table = runner.status()["table"]  # the runner created the table and its view; its journal stays empty
+    target = sql.Identifier(schema_for(app), table)
+    with connect(pg_url) as conn:
+        with conn.transaction(), conn.cursor() as cur, cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
+                target, sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))) as copy:
+            copy.write_row((1, others[0], "self_defined", "I am the soul under benchmark.", None, None))
+            copy.write_row((2, others[0], "notebook_written", "Keep the deploy green. " * 40, None, None))
+            first_mine = last_covered = None
+            turn = 0
+            for seq in range(3, events):
+                if seq % 2:
+                    turn += 1
+                    first_mine = first_mine or seq
+                    if turn == mine - KEPT:
+                        last_covered = seq
+                    copy.write_row((seq, talk, TURNS[seq % 3], turn_prose(turn), None, None))
+                else:
+                    copy.write_row((seq, others[seq % OTHERS], TURNS[seq % 3], turn_prose(seq), None, None))
+            summary = "Earlier the soul fixed the deploy script step by step. " * 10
+            copy.write_row((events, talk, "summary", summary, first_mine, last_covered))
+        conn.execute(sql.SQL("ANALYZE {}").format(target))
+    return app, talk
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def machine(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "cpu": cpu, "platform": platform.platform(), "python": platform.python_version(),
+            "postgres": conn.execute("SHOW server_version").fetchone()[0]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", type=int, default=10_000, help="events in the small journal (default 10000)")
+    parser.add_argument("--large", type=int, default=1_000_000, help="events in the large journal (default 1000000)")
+    parser.add_argument("--assemblies", type=int, default=1000, help="assemblies measured per size (default 1000)")
+    parser.add_argument("--budget", type=int, default=8192, help="token budget (default 8192)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = parser.parse_args()
+    if not 2 * KEPT + 10 < args.small <= args.large:
+        parser.error(f"--small must exceed {2 * KEPT + 10} and not exceed --large")
+
+    home = Path(tempfile.mkdtemp(prefix="soul-bench-"))
+    os.environ["SOUL_HOME"] = str(home)
+    nats = postgres = None
+    if not os.environ.get("SOUL_NATS_URL"):
+        nats = EmbeddedNats(home)
+        os.environ["SOUL_NATS_URL"] = nats.start()
+    nats_url = os.environ["SOUL_NATS_URL"]
+    pg_url = os.environ.get("SOUL_PG_URL")
+    if not pg_url:
+        postgres = EmbeddedPostgres(home)
+        pg_url = postgres.start()
+    apps: list[str] = []
+    try:
+        say("converting SmolLM2 for its tokenizer")
+        tokenizer = load_tokenizer(embedded_model_dir(home))
+        say("checking the projection path on a small journal")
+        path = check_projection_path(nats_url, pg_url, tokenizer, args.budget)
+        sizes = {}
+        for events in (args.small, args.large):
+            say(f"loading {events:,} rows into turns with COPY")
+            app, talk = load_turns(nats_url, pg_url, events)
+            apps.append(app)
+            sizes[events] = (app, talk)
+        timings: dict[int, list[float]] = {events: [] for events in sizes}
+        with connect(pg_url) as conn:
+            windows = {}
+            for round_ in range(20 + args.assemblies):  # 20 warm-up rounds, then measured; sizes alternate
+                for events, (app, talk) in sizes.items():
+                    start = time.perf_counter()
+                    context = assemble(conn, app, talk, None, tokenizer, args.budget)
+                    if round_ >= 20:
+                        timings[events].append(time.perf_counter() - start)
+                    windows[events] = (len(context.turn_seqs), context.tokens)
+            report: dict[str, Any] = {"machine": machine(conn), "budget": args.budget, "projection_path": path,
+                                      "sizes": {}}
+        for events, values in timings.items():
+            report["sizes"][events] = {"p50_ms": 1000 * statistics.median(values), "p99_ms": 1000 * percentile(values, 99),
+                                       "window_turns": windows[events][0], "tokens": windows[events][1]}
+        p99 = [report["sizes"][e]["p99_ms"] for e in sizes]
+        report["ratio"] = p99[1] / p99[0]
+        report["pass"] = report["ratio"] <= TARGET and path["ok"]
+    finally:
+        for app in apps:
+            drop(pg_url, app)
+        for server in (nats, postgres):
+            if server is not None:
+                server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    say(f"done in {time.perf_counter() - T0:.1f}s")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        m = report["machine"]
+        print(f"machine: {m['cpu']}, {m['nproc']} cores, {m['platform']}, Python {m['python']}, Postgres {m['postgres']}")
+        p = report["projection_path"]
+        print(f"projection path: {p['events']} events journaled in {p['journal_s']:.1f}s, caught up in "
+              f"{p['catch_up_s']:.2f}s, window of {p['window_turns']} turns / {p['tokens']} tokens: "
+              f"{'ok' if p['ok'] else 'FAILED'}")
+        for events, figures in report["sizes"].items():
+            print(f"{events:>9,} events: p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  "
+                  f"({figures['window_turns']} turns, {figures['tokens']} tokens of {args.budget})")
+        print(f"p99 ratio {report['ratio']:.3f} (target <= {TARGET}): {'pass' if report['pass'] else 'MISS'}")
+    return 0 if report["pass"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
