@@ -13,12 +13,16 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from journal.embedded import EmbeddedNats
-from projections.postgres import EmbeddedPostgres
+from journal.journal import Journal
+from projections.postgres import EmbeddedPostgres, connect
 from soul.blas import reexec_with_optimized_blas
+from support import drop_schema
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,3 +81,18 @@ def app_name() -> str:
 def soul_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SOUL_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
+
+
+@pytest.fixture
+def journal(nats_url: str, pg_url: str, app_name: str) -> Iterator[Journal]:
+    """A fresh journal whose projections are dropped afterwards (test_journal.py has its own,
+    without Postgres)."""
+    with Journal(app_name, {"SOUL_NATS_URL": nats_url}) as journal:
+        yield journal
+    drop_schema(pg_url, app_name)
+
+
+@pytest.fixture
+def conn(pg_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with connect(pg_url) as connection:
+        yield connection

@@ -4,7 +4,7 @@ and their summaries, retrievals."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,9 +16,9 @@ from mlx_lm.utils import load_tokenizer
 from psycopg import sql
 from tokenizers import pre_tokenizers
 
+from support import drop_schema
 from journal.event import BifocalEvent, Embedder
 from journal.journal import Journal
-from projections.base import schema_for
 from projections.memory import Memory
 from projections.postgres import connect
 from projections.runner import ProjectionRunner
@@ -52,24 +52,6 @@ def catch_up(journal: Journal, pg_url: str, *projections: Any) -> None:
     for projection in projections or (Turns(),):
         with ProjectionRunner(journal, projection, pg_url) as runner:
             runner.catch_up()
-
-
-def drop_schema(pg_url: str, app: str) -> None:
-    with connect(pg_url) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema_for(app))))
-
-
-@pytest.fixture
-def journal(nats_url: str, pg_url: str, app_name: str) -> Iterator[Journal]:
-    with Journal(app_name, {"SOUL_NATS_URL": nats_url}) as j:
-        yield j
-    drop_schema(pg_url, app_name)
-
-
-@pytest.fixture
-def conn(pg_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with connect(pg_url) as c:
-        yield c
 
 
 def conversation_of(journal: Journal, pg_url: str, turns: int, prose: str = "turn {i}. more words follow here") -> tuple[str, list[int]]:

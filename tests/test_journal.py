@@ -17,6 +17,7 @@ from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError, OperationalError
 
+from support import publish_raw
 from journal.codec import encode
 from journal.connection import Connection, JournalUnavailable
 from journal.event import BifocalEvent, Embedder
@@ -35,15 +36,6 @@ def perception(prose: str = "hello", originator: str = "source:user", version: i
 def journal(nats_url: str, app_name: str) -> Iterator[Journal]:
     with Journal(app=app_name, env={"SOUL_NATS_URL": nats_url}) as j:
         yield j
-
-
-def publish_raw(url: str, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
-    async def go() -> None:
-        nc = await nats.connect(url)
-        await nc.jetstream().publish(subject, payload, headers=headers)
-        await nc.close()
-
-    asyncio.run(go())
 
 
 def test_append_and_read_back_equal_events(journal: Journal) -> None:

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
+from support import drop_schema
 from journal.event import BifocalEvent, Embedder
 from journal.journal import Entry, Journal
 from projections.base import schema_for
@@ -74,24 +75,6 @@ def snapshot(conn: psycopg.Connection[Any], table: sql.Composable) -> list[tuple
 def active_table(conn: psycopg.Connection[Any], app: str) -> str:
     return conn.execute(sql.SQL("SELECT active FROM {} WHERE name = 'memory'").format(
         sql.Identifier(schema_for(app), "_projections"))).fetchone()[0]
-
-
-def drop_schema(pg_url: str, app: str) -> None:
-    with connect(pg_url) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema_for(app))))
-
-
-@pytest.fixture
-def journal(nats_url: str, pg_url: str, app_name: str) -> Iterator[Journal]:
-    with Journal(app_name, {"SOUL_NATS_URL": nats_url}) as j:
-        yield j
-    drop_schema(pg_url, app_name)
-
-
-@pytest.fixture
-def conn(pg_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with connect(pg_url) as c:
-        yield c
 
 
 # -- the projection ----------------------------------------------------------------------

@@ -3,7 +3,6 @@ rebuildable, and never stopped by an event they cannot read."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import shutil
@@ -14,11 +13,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import nats
 import numpy as np
 import psycopg
 import pytest
@@ -27,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
+from support import drop_schema, publish_raw
 from journal.codec import encode
 from journal.event import BifocalEvent, Embedder
 from journal.journal import Entry, Journal
@@ -69,15 +68,6 @@ def append(journal: Journal, kinds: Sequence[str]) -> None:
         journal.append(events[k : k + 1000])
 
 
-def publish_raw(url: str, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
-    async def go() -> None:
-        nc = await nats.connect(url)
-        await nc.jetstream().publish(subject, payload, headers=headers)
-        await nc.close()
-
-    asyncio.run(go())
-
-
 def publish_undecodable(journal: Journal, nats_url: str) -> None:
     """A message from a newer soul: a schema version this code does not know."""
     newer = encode(event("perception", 0)).replace(b'"schema":1', b'"schema":9')
@@ -86,24 +76,6 @@ def publish_undecodable(journal: Journal, nats_url: str) -> None:
 
 def rows(conn: psycopg.Connection[Any], app: str, projection: type[Projection]) -> list[tuple[Any, ...]]:
     return conn.execute(sql.SQL("SELECT * FROM {} ORDER BY 1, 2").format(projection.view(app))).fetchall()
-
-
-def drop_schema(pg_url: str, app: str) -> None:
-    with connect(pg_url) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema_for(app))))
-
-
-@pytest.fixture
-def journal(nats_url: str, pg_url: str, app_name: str) -> Iterator[Journal]:
-    with Journal(app_name, {"SOUL_NATS_URL": nats_url}) as j:
-        yield j
-    drop_schema(pg_url, app_name)
-
-
-@pytest.fixture
-def conn(pg_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with connect(pg_url) as c:
-        yield c
 
 
 # -- Postgres ----------------------------------------------------------------------------

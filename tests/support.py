@@ -1,0 +1,28 @@
+"""Helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+from psycopg import sql
+
+from projections.base import schema_for
+from projections.postgres import connect
+
+
+def publish_raw(url: str, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
+    """Publish onto the journal's subjects as a foreign tool would, bypassing soul."""
+
+    async def go() -> None:
+        nc = await nats.connect(url)
+        await nc.jetstream().publish(subject, payload, headers=headers)
+        await nc.close()
+
+    asyncio.run(go())
+
+
+def drop_schema(pg_url: str, app: str) -> None:
+    """Remove an application's projections, so a long test session does not pile them up."""
+    with connect(pg_url) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema_for(app))))
