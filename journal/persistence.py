@@ -25,9 +25,10 @@ import asyncio
 import base64
 import os
 import re
+import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -60,7 +61,22 @@ FOREIGN_TOPIC = "soul:foreign"  # topic given to a message on our subjects that 
 H_TOPIC, H_VERSION, H_TRACKING = "Es-Topic", "Es-Version", "Es-Tracking"
 MAX_BATCH = 1000  # the server's limit on one atomic batch
 WRONG_LAST_SEQUENCE = {10071, 10164}
-_ATTEMPTS = 8
+# How long writes and reads keep retrying a server that does not answer: long enough for a
+# cluster to elect a new stream leader (seconds), short enough to report a dead server.
+_PATIENCE = 6  # times the connection's timeout
+
+
+def _retries(timeout: float) -> Iterator[int]:
+    """Attempt numbers until the retry budget is spent."""
+    deadline = time.monotonic() + _PATIENCE * timeout
+    attempt = 0
+    while attempt == 0 or time.monotonic() < deadline:
+        yield attempt
+        attempt += 1
+
+
+def _backoff(attempt: int) -> float:
+    return min(0.05 * 2**attempt, 1.0)
 _CACHE_SIZE = 100_000
 _SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -227,7 +243,9 @@ class JetStreamStore:
             last_of[m.subject] = m
 
         timed_out = False
-        for attempt in range(_ATTEMPTS):
+        attempts = 0
+        for attempt in _retries(self.connection.timeout):
+            attempts += 1
             known = {s: self.last.get(s) for s in first_of}
             conflicts = [s for s, last in known.items() if last and last.version is not None
                          and last.version >= first_of[s].version]  # fmt: skip
@@ -249,7 +267,7 @@ class JetStreamStore:
             except (nats.errors.TimeoutError, asyncio.TimeoutError, _Retry, nats.errors.NoRespondersError) as e:
                 # No answer (it may still have been stored), or no leader yet (election, restart).
                 timed_out = timed_out or not isinstance(e, (_Retry, nats.errors.NoRespondersError))
-                await asyncio.sleep(0.05 * 2**attempt)
+                await asyncio.sleep(_backoff(attempt))
                 try:
                     await self.refresh(list(first_of))
                 except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.errors.NoRespondersError):
@@ -260,7 +278,7 @@ class JetStreamStore:
                 self.remember(m.subject, _Last(seq, m.version, m.headers["Nats-Msg-Id"]))
             return sequences
         raise OperationalError(
-            f"NATS at {self.connection.where} did not confirm the write after {_ATTEMPTS} attempts "
+            f"NATS at {self.connection.where} did not confirm the write after {attempts} attempts "
             "(it may have been stored: check with `soul tail`); check `soul services status` or the cluster"
         )
 
@@ -358,16 +376,16 @@ class JetStreamStore:
         # DIRECT.GET is cheaper for a few messages, but any replica may answer it: only a
         # single-replica stream is sure to include the latest write.
         read = self._read_direct if count <= 100 and self.replicas == 1 else self._read_consumer
-        for attempt in range(_ATTEMPTS):
+        error: Exception | None = None
+        for attempt in _retries(self.connection.timeout):
             try:
                 return await read(start, count, subject_filter)
             except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.errors.NoRespondersError,
-                    nats.js.errors.ServiceUnavailableError):
+                    nats.js.errors.ServiceUnavailableError) as e:
                 # A cluster electing a new leader answers nothing for a moment; reading is safe to repeat.
-                if attempt == _ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(0.05 * 2**attempt)
-        raise AssertionError("unreachable")
+                error = e
+                await asyncio.sleep(_backoff(attempt))
+        raise error  # type: ignore[misc]  # the first attempt always runs
 
     async def _collect(self, subject: str, request: bytes, count: int, parse: Any) -> tuple[list[Stored], bool]:
         """Send `request` to `subject` and gather the replies until `count` or a status message."""

@@ -23,6 +23,7 @@ import psycopg
 from journal.embedded import EmbeddedNats, ServiceError, soul_home
 from journal.event import BifocalEvent, EventError
 from journal.journal import PAGE, Entry, Journal
+from journal.secrets import redact
 from projections.postgres import EmbeddedPostgres, connect, pg_url
 from projections.registry import PROJECTIONS
 from projections.runner import ProjectionRunner, status
@@ -121,9 +122,12 @@ def run(ctx: click.Context) -> None:
 def perceive(ctx: click.Context, prose: str, source: str, corpus: str | None, as_json: bool) -> None:
     """Journal PROSE as a perception, embedded with the default embedder."""
     journal = open_journal(ctx)
+    prose, redacted = redact(prose)  # the journal is immutable: secrets must never reach it
+    if redacted:
+        click.echo(f"redacted before journaling: {', '.join(redacted)}", err=True)
     embedder = _embedder()
-    event = BifocalEvent("perception", prose, embedder.embed([prose])[0], embedder.id,
-                         _originator(source), corpus=corpus, data={"source": source})
+    event = BifocalEvent("perception", prose, embedder.embed([prose])[0], embedder.id, _originator(source),
+                         corpus=corpus, data={"source": source, **({"redacted": redacted} if redacted else {})})
     seq, event = journal.add(event)
     entry = Entry(seq, event.originator_id, event.type, 0, event)
     click.echo(orjson.dumps(entry_json(entry)).decode() if as_json else format_line(entry))

@@ -31,6 +31,7 @@ from typing import Any
 
 from journal.event import NO_EMBEDDER, BifocalEvent
 from journal.journal import Journal
+from journal.secrets import redact
 from projections.corpora import FileState
 
 CHUNK_LINES = 40
@@ -199,11 +200,17 @@ class Ingest:
         if not self._chunks:
             return
         started = time.perf_counter()
-        vectors = self.embedder.embed([chunk.text for chunk, _ in self._chunks])
+        texts = []
+        for chunk, data in self._chunks:  # before embedding, so the vector holds no secret either
+            text, kinds = redact(chunk.text)
+            if kinds:
+                data["redacted"] = kinds
+            texts.append(text)
+        vectors = self.embedder.embed(texts)
         self.report.embed_seconds += time.perf_counter() - started
         self._events.extend(
-            BifocalEvent("chunk_ingested", chunk.text, vector, self.embedder.id, corpus=self.name, data=data)
-            for (chunk, data), vector in zip(self._chunks, vectors))
+            BifocalEvent("chunk_ingested", text, vector, self.embedder.id, corpus=self.name, data=data)
+            for text, (_, data), vector in zip(texts, self._chunks, vectors))
         self._chunks.clear()
 
     def _append(self) -> None:

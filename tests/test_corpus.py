@@ -160,3 +160,13 @@ def test_search_in_a_corpus_finds_its_document(repo: Path, nats_url: str, pg_url
                                 obj={"app": app_name}, catch_exceptions=False)
     found = [json.loads(line) for line in result.output.splitlines()]
     assert found[0]["prose"] == FILES["tides.py"] and {h["corpus"] for h in found} == {"tide"}
+
+
+def test_secrets_in_files_never_reach_the_journal(tmp_path: Path, nats_url: str, pg_url: str, app_name: str) -> None:
+    folder = tmp_path / "plain"  # outside git: every text file
+    folder.mkdir()
+    (folder / "settings.py").write_text('AWS_KEY = "AKIAIOSFODNN7EXAMPLE"\nDEBUG = True\n')
+    assert cli(app_name, "add", "cfg", str(folder)).exit_code == 0
+    (chunk,) = [e.event for e in entries(app_name)]
+    assert "AKIAIOSFODNN7EXAMPLE" not in chunk.prose and "[REDACTED:aws_access_key]" in chunk.prose
+    assert chunk.data["redacted"] == ["aws_access_key"]
