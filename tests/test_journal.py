@@ -252,3 +252,47 @@ def test_a_stream_made_by_another_tool_gets_what_the_journal_needs(nats_url: str
     asyncio.run(make_plain_stream())
     with Journal(app_name, {"SOUL_NATS_URL": nats_url}) as journal:
         assert journal.append([perception("a", "x", 1), perception("b", "x", 2)]) == [1, 2]
+
+
+def make_tls_files(folder) -> tuple[str, str, str]:  # type: ignore[no-untyped-def]
+    """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl command."""
+    import subprocess
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "1", "-subj", "/CN=soul test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "1", "-extfile", "san.ext")
+    return str(folder / "ca.pem"), str(folder / "server.pem"), str(folder / "server.key")
+
+
+def test_tls_with_the_ca_from_the_environment(tmp_path, app_name: str) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    from journal.embedded import free_port, nats_server_binary, port_open
+
+    ca, cert, key = make_tls_files(tmp_path)
+    port = free_port()
+    config = tmp_path / "tls.conf"
+    config.write_text(f'listen: 127.0.0.1:{port}\njetstream {{ store_dir: "{tmp_path / "js"}" }}\n'
+                      f'tls {{ cert_file: "{cert}", key_file: "{key}" }}\n')
+    server = subprocess.Popen([str(nats_server_binary()), "-c", str(config)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not port_open(port):
+            assert time.monotonic() < deadline and server.poll() is None, "nats-server with TLS did not start"
+            time.sleep(0.05)
+        url = f"tls://127.0.0.1:{port}"
+        with Journal(app_name, {"SOUL_NATS_URL": url, "SOUL_NATS_TLS_CA": ca}) as journal:
+            journal.add(perception("over TLS"))
+            assert [e.event.prose for e in journal.read()] == ["over TLS"]
+        with pytest.raises(JournalUnavailable, match="cannot reach NATS at tls://127.0.0.1"):
+            Journal(app_name, {"SOUL_NATS_URL": url, "SOUL_NATS_TIMEOUT": "1"})  # no CA: not trusted
+    finally:
+        server.terminate()
+        server.wait(10)
