@@ -325,6 +325,31 @@ def rebuild(ctx: click.Context, name: str) -> None:
                f"dead letters {figures['dead_letters']:,}")
 
 
+# -- doctor ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """What the soul runs on (device, BLAS, mlx, model and embedder with their hashes) and
+    whether NATS and Postgres answer. Exit status 1 if any part does not."""
+    from soul.doctor import report  # loads MLX and the models: only here
+
+    figures = report(ctx.obj["app"])
+    if as_json:
+        click.echo(orjson.dumps(figures).decode())
+    else:
+        click.echo(f"{'home':<10} {figures['home']}")
+        for part, found in figures.items():
+            if part == "home":
+                continue
+            details = "  ".join(f"{k}={v}" for k, v in found.items() if k not in ("ok", "error"))
+            click.echo(f"{part:<10} {'ok  ' if found['ok'] else 'FAIL'}  {found.get('error') or details}")
+    if not all(found["ok"] for part, found in figures.items() if part != "home"):
+        ctx.exit(1)
+
+
 # -- services --------------------------------------------------------------------------
 
 

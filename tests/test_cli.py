@@ -167,3 +167,20 @@ def test_run_and_perceive_journal_embedded_perceptions(tmp_path: Path, nats_url:
     assert perceived.returncode == 0, perceived.stderr
     event = json.loads(perceived.stdout)
     assert event["seq"] == 4 and event["data"] == {"source": "agent:coder"} and event["dim"] == 384
+
+
+def test_doctor_reports_every_part_and_fails_on_a_dead_one(nats_url: str, pg_url: str, app_name: str) -> None:
+    env = {"SOUL_APP": app_name}
+    healthy = soul("doctor", "--json", env=env, timeout=300)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    report = json.loads(healthy.stdout)
+    assert report["compute"]["mlx"] and report["compute"]["matmul_gflops"] > 0
+    assert report["model"]["model"].startswith("SmolLM2-135M-Instruct@")
+    assert report["embedder"] == {"ok": True, "embedder": report["embedder"]["embedder"], "dim": 384}
+    assert report["nats"]["server"].startswith("2.") and report["nats"]["stream"] == f"SOUL_{app_name}"
+    assert report["postgres"]["pgvector"] and report["postgres"]["server"].startswith("16")
+    broken = soul("doctor", env={**env, "SOUL_PG_URL": "postgresql://bob:hunter2@127.0.0.1:1/x"}, timeout=300)
+    assert broken.returncode == 1
+    lines = dict(line.split(maxsplit=1) for line in broken.stdout.splitlines())
+    assert lines["postgres"].startswith("FAIL") and "hunter2" not in broken.stdout
+    assert lines["nats"].startswith("ok")
