@@ -29,12 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -44,16 +40,17 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # runnable from a checkout without an editable install
     sys.path.insert(0, str(ROOT))
 
+import common  # noqa: E402  (this folder: python puts a script's own folder on sys.path)
+
 import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 from mlx_lm.utils import load_tokenizer  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from journal.embedded import EmbeddedNats  # noqa: E402
 from journal.event import BifocalEvent  # noqa: E402
 from journal.journal import Journal  # noqa: E402
 from projections.base import schema_for  # noqa: E402
-from projections.postgres import EmbeddedPostgres, connect  # noqa: E402
+from projections.postgres import connect  # noqa: E402
 from projections.runner import ProjectionRunner  # noqa: E402
 from projections.turns import COLUMNS, TURNS, Turns  # noqa: E402
 from soul.context import assemble, summarise  # noqa: E402
@@ -151,15 +148,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def machine(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "cpu": cpu, "platform": platform.platform(), "python": platform.python_version(),
-            "postgres": conn.execute("SHOW server_version").fetchone()[0]}
+    return {**common.machine(), "postgres": conn.execute("SHOW server_version").fetchone()[0]}
 
 
 def main() -> int:
@@ -173,54 +162,40 @@ def main() -> int:
     if not 2 * KEPT + 10 < args.small <= args.large:
         parser.error(f"--small must exceed {2 * KEPT + 10} and not exceed --large")
 
-    home = Path(tempfile.mkdtemp(prefix="soul-bench-"))
-    os.environ["SOUL_HOME"] = str(home)
-    nats = postgres = None
-    if not os.environ.get("SOUL_NATS_URL"):
-        nats = EmbeddedNats(home)
-        os.environ["SOUL_NATS_URL"] = nats.start()
-    nats_url = os.environ["SOUL_NATS_URL"]
-    pg_url = os.environ.get("SOUL_PG_URL")
-    if not pg_url:
-        postgres = EmbeddedPostgres(home)
-        pg_url = postgres.start()
-    apps: list[str] = []
-    try:
-        say("converting SmolLM2 for its tokenizer")
-        tokenizer = load_tokenizer(embedded_model_dir(home))
-        say("checking the projection path on a small journal")
-        path = check_projection_path(nats_url, pg_url, tokenizer, args.budget)
-        sizes = {}
-        for events in (args.small, args.large):
-            say(f"loading {events:,} rows into turns with COPY")
-            app, talk = load_turns(nats_url, pg_url, events)
-            apps.append(app)
-            sizes[events] = (app, talk)
-        timings: dict[int, list[float]] = {events: [] for events in sizes}
-        with connect(pg_url) as conn:
-            windows = {}
-            for round_ in range(20 + args.assemblies):  # 20 warm-up rounds, then measured; sizes alternate
-                for events, (app, talk) in sizes.items():
-                    start = time.perf_counter()
-                    context = assemble(conn, app, talk, None, tokenizer, args.budget)
-                    if round_ >= 20:
-                        timings[events].append(time.perf_counter() - start)
-                    windows[events] = (len(context.turn_seqs), context.tokens)
-            report: dict[str, Any] = {"machine": machine(conn), "budget": args.budget, "projection_path": path,
-                                      "sizes": {}}
-        for events, values in timings.items():
-            report["sizes"][events] = {"p50_ms": 1000 * statistics.median(values), "p99_ms": 1000 * percentile(values, 99),
-                                       "window_turns": windows[events][0], "tokens": windows[events][1]}
-        p99 = [report["sizes"][e]["p99_ms"] for e in sizes]
-        report["ratio"] = p99[1] / p99[0]
-        report["pass"] = report["ratio"] <= TARGET and path["ok"]
-    finally:
-        for app in apps:
-            drop(pg_url, app)
-        for server in (nats, postgres):
-            if server is not None:
-                server.stop()
-        shutil.rmtree(home, ignore_errors=True)
+    with common.real_parts() as (home, nats_url, pg_url):
+        apps: list[str] = []
+        try:
+            say("converting SmolLM2 for its tokenizer")
+            tokenizer = load_tokenizer(embedded_model_dir(home))
+            say("checking the projection path on a small journal")
+            path = check_projection_path(nats_url, pg_url, tokenizer, args.budget)
+            sizes = {}
+            for events in (args.small, args.large):
+                say(f"loading {events:,} rows into turns with COPY")
+                app, talk = load_turns(nats_url, pg_url, events)
+                apps.append(app)
+                sizes[events] = (app, talk)
+            timings: dict[int, list[float]] = {events: [] for events in sizes}
+            with connect(pg_url) as conn:
+                windows = {}
+                for round_ in range(20 + args.assemblies):  # 20 warm-up rounds, then measured; sizes alternate
+                    for events, (app, talk) in sizes.items():
+                        start = time.perf_counter()
+                        context = assemble(conn, app, talk, None, tokenizer, args.budget)
+                        if round_ >= 20:
+                            timings[events].append(time.perf_counter() - start)
+                        windows[events] = (len(context.turn_seqs), context.tokens)
+                report: dict[str, Any] = {"machine": machine(conn), "budget": args.budget, "projection_path": path,
+                                          "sizes": {}}
+            for events, values in timings.items():
+                report["sizes"][events] = {"p50_ms": 1000 * statistics.median(values), "p99_ms": 1000 * percentile(values, 99),
+                                           "window_turns": windows[events][0], "tokens": windows[events][1]}
+            p99 = [report["sizes"][e]["p99_ms"] for e in sizes]
+            report["ratio"] = p99[1] / p99[0]
+            report["pass"] = report["ratio"] <= TARGET and path["ok"]
+        finally:
+            for app in apps:
+                drop(pg_url, app)
     say(f"done in {time.perf_counter() - T0:.1f}s")
     if args.json:
         print(json.dumps(report, indent=2))

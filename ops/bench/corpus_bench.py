@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import sysconfig
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -37,14 +34,15 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # runnable from a checkout without an editable install
     sys.path.insert(0, str(ROOT))
 
+import common  # noqa: E402  (this folder: python puts a script's own folder on sys.path)
+
 from psycopg import sql  # noqa: E402
 
-from journal.embedded import EmbeddedNats  # noqa: E402
 from journal.journal import Journal  # noqa: E402
 from projections import corpora  # noqa: E402
 from projections.base import schema_for  # noqa: E402
 from projections.corpora import Corpora  # noqa: E402
-from projections.postgres import EmbeddedPostgres, connect  # noqa: E402
+from projections.postgres import connect  # noqa: E402
 from projections.runner import ProjectionRunner  # noqa: E402
 from soul.blas import reexec_with_optimized_blas  # noqa: E402
 from soul.corpus import Ingest, list_files  # noqa: E402
@@ -92,50 +90,37 @@ def main() -> None:
     args = parser.parse_args()
     reexec_with_optimized_blas()  # embed as `soul corpus add` does
 
-    home = Path(tempfile.mkdtemp(prefix="soul-bench-"))
-    os.environ["SOUL_HOME"] = str(home)
-    tree = home / "tree"
-    copied = copy_tree(args.source, tree, args.files)
-    max_files = min(args.max_files or copied, copied)
-    nats = postgres = None
-    if not os.environ.get("SOUL_NATS_URL"):
-        nats = EmbeddedNats(home)
-        os.environ["SOUL_NATS_URL"] = nats.start()
-    pg_url = os.environ.get("SOUL_PG_URL")
-    if not pg_url:
-        postgres = EmbeddedPostgres(home)
-        pg_url = postgres.start()
-    app = "bench" + uuid.uuid4().hex[:8]
-    journal = Journal(app)
-    try:
-        embedder = load_default_embedder()
-        embedder.embed(["warm up"])
-        with ProjectionRunner(journal, Corpora(), pg_url) as runner:
-            say(f"ingesting {max_files} of {copied} files from {args.source}")
-            first = ingest(journal, runner, embedder, tree, max_files)
-            say("re-ingesting, nothing changed")
-            again = ingest(journal, runner, embedder, tree, max_files)
-        result = {
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-            "tree": {"files": copied, "bytes": sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())},
-            "ingest": first,
-            "reingest_unchanged": {k: again[k] for k in ("files", "unchanged", "events", "seconds", "files_per_s")},
-        }
-    finally:
-        with connect(pg_url) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema_for(app))))
-        store = journal.factory.store
-        store.run(store.connection.nc.jetstream().delete_stream(store.stream))
-        journal.close()
-        for server in (nats, postgres):
-            if server is not None:
-                server.stop()
-        shutil.rmtree(home, ignore_errors=True)
+    with common.real_parts() as (home, _, pg_url):
+        tree = home / "tree"
+        copied = copy_tree(args.source, tree, args.files)
+        max_files = min(args.max_files or copied, copied)
+        app = "bench" + uuid.uuid4().hex[:8]
+        journal = Journal(app)
+        try:
+            embedder = load_default_embedder()
+            embedder.embed(["warm up"])
+            with ProjectionRunner(journal, Corpora(), pg_url) as runner:
+                say(f"ingesting {max_files} of {copied} files from {args.source}")
+                first = ingest(journal, runner, embedder, tree, max_files)
+                say("re-ingesting, nothing changed")
+                again = ingest(journal, runner, embedder, tree, max_files)
+            result = {
+                "machine": common.machine(),
+                "tree": {"files": copied, "bytes": sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())},
+                "ingest": first,
+                "reingest_unchanged": {k: again[k] for k in ("files", "unchanged", "events", "seconds", "files_per_s")},
+            }
+        finally:
+            with connect(pg_url) as conn:
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema_for(app))))
+            store = journal.factory.store
+            store.run(store.connection.nc.jetstream().delete_stream(store.stream))
+            journal.close()
     if args.json:
         print(json.dumps(result, indent=2))
         return
     i, r = result["ingest"], result["reingest_unchanged"]
-    print(f"machine: {result['machine']['platform']}, {result['machine']['cpus']} CPUs")
+    print(f"machine: {result['machine']['cpu']}, {result['machine']['nproc']} CPUs, {result['machine']['platform']}")
     print(f"tree: {result['tree']['files']} files, {result['tree']['bytes'] / 1e6:.1f} MB; ingested {i['files']}")
     print(f"ingest: {i['files']} files, {i['chunks']} chunks, {i['events']} events in {i['seconds']} s: "
           f"{i['files_per_s']} files/s, {i['chunks_per_s']} chunks/s")

@@ -40,11 +40,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -57,16 +54,17 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # runnable from a checkout without an editable install
     sys.path.insert(0, str(ROOT))
 
+import common  # noqa: E402  (this folder: python puts a script's own folder on sys.path)
+
 import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from journal.embedded import EmbeddedNats  # noqa: E402
 from journal.event import BifocalEvent, Embedder  # noqa: E402
 from journal.journal import Journal  # noqa: E402
 from projections.base import schema_for  # noqa: E402
 from projections.memory import COLUMNS, Memory  # noqa: E402
-from projections.postgres import EmbeddedPostgres, connect  # noqa: E402
+from projections.postgres import connect  # noqa: E402
 from projections.runner import ProjectionRunner  # noqa: E402
 from projections.search import DEPTH, EF_SEARCH, RRF_K, search  # noqa: E402
 
@@ -371,19 +369,10 @@ def bench_search(conn: psycopg.Connection[Any], app: str, data: Data, seqs: list
 
 
 def machine(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     settings = dict(conn.execute("SELECT name, setting || coalesce(unit, '') FROM pg_settings WHERE name IN "
                                  "('shared_buffers', 'max_parallel_maintenance_workers')").fetchall())
     return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **common.machine(),
         "postgres": conn.execute("SHOW server_version").fetchone()[0],
         "pgvector": conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0],
         **settings,
@@ -454,43 +443,31 @@ def main() -> int:
     args = parser.parse_args()
     efs = sorted({int(x) for x in args.ef.split(",")} | {EF_SEARCH})
 
-    home = Path(tempfile.mkdtemp(prefix="soul-bench-"))
-    os.environ["SOUL_HOME"] = str(home)
-    nats = postgres = None
-    if not os.environ.get("SOUL_NATS_URL"):
-        nats = EmbeddedNats(home)
-        os.environ["SOUL_NATS_URL"] = nats.start()
-    pg_url = os.environ.get("SOUL_PG_URL")
-    if not pg_url:
-        postgres = EmbeddedPostgres(home)
-        pg_url = postgres.start()
-    app = "bench" + uuid.uuid4().hex[:8]
-    journal = Journal(app)
-    say(f"NATS {'embedded' if nats else 'SOUL_NATS_URL'}, Postgres {'embedded' if postgres else 'SOUL_PG_URL'}; app {app}")
-    try:
-        say(f"making {args.memories:,} synthetic memories and {args.queries} queries")
-        data = make_data(args.memories, args.queries)
-        say(f"journaling {len(data.events):,} events")
-        seqs = journal_events(journal, data.events)
-        rebuild = bench_rebuild(journal, pg_url, data, seqs, args.repeats)
-        with connect(pg_url) as conn:
-            report: dict[str, Any] = {
-                "machine": machine(conn),
-                "config": {"memories": args.memories, "queries": args.queries, "repeats": args.repeats},
-                "data": data_figures(data),
-                "rebuild": rebuild,
-                "search": bench_search(conn, app, data, seqs, efs),
-            }
-    finally:
-        with connect(pg_url) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema_for(app))))
-        store = journal.factory.store
-        store.run(store.connection.nc.jetstream().delete_stream(store.stream))
-        journal.close()
-        for server in (nats, postgres):
-            if server is not None:
-                server.stop()
-        shutil.rmtree(home, ignore_errors=True)
+    external = [name for name in ("SOUL_NATS_URL", "SOUL_PG_URL") if os.environ.get(name)]
+    with common.real_parts() as (_, _, pg_url):
+        app = "bench" + uuid.uuid4().hex[:8]
+        journal = Journal(app)
+        say(f"servers: {', '.join(external) or 'embedded'}; app {app}")
+        try:
+            say(f"making {args.memories:,} synthetic memories and {args.queries} queries")
+            data = make_data(args.memories, args.queries)
+            say(f"journaling {len(data.events):,} events")
+            seqs = journal_events(journal, data.events)
+            rebuild = bench_rebuild(journal, pg_url, data, seqs, args.repeats)
+            with connect(pg_url) as conn:
+                report: dict[str, Any] = {
+                    "machine": machine(conn),
+                    "config": {"memories": args.memories, "queries": args.queries, "repeats": args.repeats},
+                    "data": data_figures(data),
+                    "rebuild": rebuild,
+                    "search": bench_search(conn, app, data, seqs, efs),
+                }
+        finally:
+            with connect(pg_url) as conn:
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema_for(app))))
+            store = journal.factory.store
+            store.run(store.connection.nc.jetstream().delete_stream(store.stream))
+            journal.close()
     report["verdicts"] = verdicts(report)
     report["pass"] = all(ok for *_, ok in report["verdicts"])
     say(f"done in {time.perf_counter() - T0:.1f}s")
