@@ -11,8 +11,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from psycopg import sql
+
 from journal.embedded import EmbeddedNats
-from projections.postgres import EmbeddedPostgres
+from journal.journal import Journal
+from projections.base import schema_for
+from projections.postgres import EmbeddedPostgres, connect
 
 
 @contextmanager
@@ -35,6 +39,16 @@ def real_parts() -> Iterator[tuple[Path, str, str]]:
         for server in started:
             server.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def forget(journal: Journal, pg_url: str) -> None:
+    """Remove what a benchmark journaled and projected, then close the journal."""
+    with connect(pg_url) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+            sql.Identifier(schema_for(journal.factory.env.name))))
+    store = journal.factory.store
+    store.run(store.connection.nc.jetstream().delete_stream(store.stream))
+    journal.close()
 
 
 def machine() -> dict[str, Any]:

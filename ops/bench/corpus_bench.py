@@ -36,13 +36,10 @@ if str(ROOT) not in sys.path:  # runnable from a checkout without an editable in
 
 import common  # noqa: E402  (this folder: python puts a script's own folder on sys.path)
 
-from psycopg import sql  # noqa: E402
 
 from journal.journal import Journal  # noqa: E402
 from projections import corpora  # noqa: E402
-from projections.base import schema_for  # noqa: E402
 from projections.corpora import Corpora  # noqa: E402
-from projections.postgres import connect  # noqa: E402
 from projections.runner import ProjectionRunner  # noqa: E402
 from soul.blas import reexec_with_optimized_blas  # noqa: E402
 from soul.corpus import Ingest, list_files  # noqa: E402
@@ -111,11 +108,7 @@ def main() -> None:
                 "reingest_unchanged": {k: again[k] for k in ("files", "unchanged", "events", "seconds", "files_per_s")},
             }
         finally:
-            with connect(pg_url) as conn:
-                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema_for(app))))
-            store = journal.factory.store
-            store.run(store.connection.nc.jetstream().delete_stream(store.stream))
-            journal.close()
+            common.forget(journal, pg_url)
     if args.json:
         print(json.dumps(result, indent=2))
         return

@@ -463,11 +463,7 @@ def main() -> int:
                     "search": bench_search(conn, app, data, seqs, efs),
                 }
         finally:
-            with connect(pg_url) as conn:
-                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema_for(app))))
-            store = journal.factory.store
-            store.run(store.connection.nc.jetstream().delete_stream(store.stream))
-            journal.close()
+            common.forget(journal, pg_url)
     report["verdicts"] = verdicts(report)
     report["pass"] = all(ok for *_, ok in report["verdicts"])
     say(f"done in {time.perf_counter() - T0:.1f}s")
