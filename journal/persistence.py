@@ -243,9 +243,7 @@ class JetStreamStore:
             last_of[m.subject] = m
 
         timed_out = False
-        attempts = 0
         for attempt in _retries(self.connection.timeout):
-            attempts += 1
             known = {s: self.last.get(s) for s in first_of}
             conflicts = [s for s, last in known.items() if last and last.version is not None
                          and last.version >= first_of[s].version]  # fmt: skip
@@ -275,10 +273,11 @@ class JetStreamStore:
                 continue
             sequences = list(range(end - len(messages) + 1, end + 1))
             for seq, m in zip(sequences, messages):
-                self.remember(m.subject, _Last(seq, m.version, m.headers["Nats-Msg-Id"]))
+                if last_of[m.subject] is m:  # only where each subject now ends matters
+                    self.remember(m.subject, _Last(seq, m.version, m.headers["Nats-Msg-Id"]))
             return sequences
         raise OperationalError(
-            f"NATS at {self.connection.where} did not confirm the write after {attempts} attempts "
+            f"NATS at {self.connection.where} did not confirm the write after {attempt + 1} attempts "
             "(it may have been stored: check with `soul tail`); check `soul services status` or the cluster"
         )
 
@@ -289,7 +288,7 @@ class JetStreamStore:
             m = messages[0]
             headers = {**m.headers, "Nats-Expected-Last-Subject-Sequence": expected[m.subject]}
             reply = await nc.request(m.subject, m.payload, timeout=timeout, headers=headers)
-            return self._ack(reply.data)
+            return int(self._ack(reply.data)["seq"])
         batch_id = uuid.uuid4().hex
         guarded: set[str] = set()
         for n, m in enumerate(messages, 1):
@@ -302,14 +301,14 @@ class JetStreamStore:
             else:
                 headers["Nats-Batch-Commit"] = "1"
                 reply = await nc.request(m.subject, m.payload, timeout=timeout, headers=headers)
-                end = self._ack(reply.data)
-                count = orjson.loads(reply.data).get("count")
-                if count != len(messages):
-                    raise DatabaseError(f"JetStream stored {count} of a batch of {len(messages)}")
-                return end
+                ack = self._ack(reply.data)
+                if ack.get("count") != len(messages):
+                    raise DatabaseError(f"JetStream stored {ack.get('count')} of a batch of {len(messages)}")
+                return int(ack["seq"])
         raise AssertionError("unreachable")
 
-    def _ack(self, data: bytes) -> int:
+    def _ack(self, data: bytes) -> dict[str, Any]:
+        """The publish ack, or the exception that says what to do about it."""
         try:
             ack = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -318,7 +317,7 @@ class JetStreamStore:
         if error is None:
             if ack.get("duplicate"):  # same (subject, version) stored before: decide after a refresh
                 raise _WrongLastSequence()
-            return int(ack["seq"])
+            return ack
         if error.get("err_code") in WRONG_LAST_SEQUENCE:
             raise _WrongLastSequence()
         if error.get("code") in (500, 503):

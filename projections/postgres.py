@@ -23,6 +23,7 @@ from pgvector.psycopg import register_vector
 
 from journal.connection import redact
 from journal.embedded import ServiceError, process_alive, soul_home, stop_process
+from journal.errors import one_line
 
 
 class PostgresUnavailable(ServiceError):
@@ -44,7 +45,7 @@ def connect(url: str) -> psycopg.Connection[Any]:
     try:
         conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
     except psycopg.Error as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = one_line(e)
         raise PostgresUnavailable(
             f"cannot reach Postgres at {redact_url(url)} ({reason}); is it running? "
             "(SOUL_PG_URL names it; unset, the embedded one under SOUL_HOME is used)"

@@ -21,6 +21,7 @@ from eventsourcing.persistence import PersistenceError
 import psycopg
 
 from journal.embedded import EmbeddedNats, ServiceError, soul_home
+from journal.errors import one_line
 from journal.event import BifocalEvent, EventError
 from journal.journal import PAGE, Entry, Journal
 from journal.secrets import redact
@@ -44,7 +45,7 @@ class SoulGroup(click.Group):
                 ctx.exit(0)
             raise click.ClickException(str(e) or type(e).__name__) from None
         except psycopg.OperationalError as e:  # the Postgres connection broke mid-command
-            raise click.ClickException(f"Postgres: {str(e).strip().splitlines()[0]}") from None
+            raise click.ClickException(f"Postgres: {one_line(e)}") from None
         except KeyboardInterrupt:
             ctx.exit(130)
 

@@ -13,6 +13,7 @@ from importlib.metadata import version
 from typing import Any
 
 from journal.embedded import EmbeddedNats, soul_home
+from journal.errors import one_line
 from journal.journal import Journal
 from projections.postgres import EmbeddedPostgres, connect, redact_url
 
@@ -21,7 +22,7 @@ def _check(probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
         return {"ok": True, **probe()}
     except Exception as e:  # any failure is the finding
-        return {"ok": False, "error": str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}
+        return {"ok": False, "error": one_line(e)}
 
 
 def _compute() -> dict[str, Any]:

@@ -30,6 +30,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from journal.embedded import soul_home
+from journal.errors import one_line
 from journal.event import Embedder as EmbedderId
 
 MODEL = "all-MiniLM-L6-v2"
@@ -60,15 +61,8 @@ def find_model_zip() -> Path:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _complete(folder: Path) -> bool:
@@ -97,7 +91,7 @@ def extract_model(zip_path: Path, sha256: str, home: Path) -> Path:
                     raise EmbedderError(f"{zip_path} is corrupt ({bad} fails its CRC); {REINSTALL}")
                 zf.extractall(tmp)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as e:
-            raise EmbedderError(f"{zip_path} is not a readable zip ({_one_line(e)}); {REINSTALL}") from None
+            raise EmbedderError(f"{zip_path} is not a readable zip ({one_line(e)}); {REINSTALL}") from None
         try:
             os.rename(tmp, target)
         except OSError:
@@ -215,7 +209,7 @@ class Embedder:
             self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
         except Exception as e:  # mlx, tokenizers and json each raise their own kinds
             raise EmbedderError(
-                f"{MODEL} files in {self.path} are unusable ({type(e).__name__}: {_one_line(e)}); "
+                f"{MODEL} files in {self.path} are unusable ({type(e).__name__}: {one_line(e)}); "
                 f"delete that directory, or {REINSTALL}"
             ) from None
         mx.eval(self.model.parameters())

@@ -33,6 +33,7 @@ from mlx_lm.utils import load_model, load_tokenizer
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from journal.embedded import soul_home
+from journal.errors import one_line
 from soul.embedder import sha256_file
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -68,10 +69,6 @@ GLOBAL_TENSORS = {"token_embd": "model.embed_tokens", "output_norm": "model.norm
 
 class ModelError(RuntimeError):
     """A model file is missing or unusable; the one-line message names it and says what to do."""
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +207,7 @@ def convert(gguf_path: Path, out: Path) -> None:
     except KeyError as e:
         raise ModelError(f"{gguf_path} lacks {e.args[0]!r}, which a llama GGUF has; {REINSTALL}") from None
     except (RuntimeError, ValueError, TypeError, IndexError) as e:  # mlx reports bad files as these
-        raise ModelError(f"{gguf_path} is not a usable llama GGUF ({_one_line(e)}); {REINSTALL}") from None
+        raise ModelError(f"{gguf_path} is not a usable llama GGUF ({one_line(e)}); {REINSTALL}") from None
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
     write_config(out, config)
     write_tokenizer(out, tokenizer, chat_template, max_length=config["max_position_embeddings"], unk=unk, **token)
@@ -272,7 +269,7 @@ def _check_json(path: Path) -> None:
     try:
         json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ModelError(f"{path} is unreadable ({_one_line(e)})") from None
+        raise ModelError(f"{path} is unreadable ({one_line(e)})") from None
 
 
 def load(path: Path | str | None = None) -> tuple[nn.Module, TokenizerWrapper]:
@@ -300,10 +297,10 @@ def load_dir(folder: Path) -> tuple[nn.Module, TokenizerWrapper]:
     except Exception as e:  # mlx and mlx_lm raise many kinds for a damaged weights file
         raise ModelError(
             f"{folder / 'model.safetensors'} does not load as config.json describes "
-            f"({type(e).__name__}: {_one_line(e)})"
+            f"({type(e).__name__}: {one_line(e)})"
         ) from None
     try:
         tokenizer = load_tokenizer(folder, eos_token_ids=config.get("eos_token_id"))
     except Exception as e:  # transformers and tokenizers raise many kinds for a damaged file
-        raise ModelError(f"{folder / 'tokenizer.json'} does not load ({type(e).__name__}: {_one_line(e)})") from None
+        raise ModelError(f"{folder / 'tokenizer.json'} does not load ({type(e).__name__}: {one_line(e)})") from None
     return model, tokenizer
