@@ -36,6 +36,7 @@ CATALOGUE: dict[str, int] = {
     "generation_sealed": 1,
     "generation_rejected": 1,
     "redaction": 1,  # data: the event id that must leave projections and generations
+    "packet_received": 1,  # data: packet id, sender; its own originator makes a redelivered packet journal once
 }
 
 _INT64 = 2**63
