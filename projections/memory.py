@@ -3,9 +3,15 @@
 Remembered are what the soul perceived, thought, got back from tools, summarised, and the chunks
 of ingested corpora, each with its prose and the vector it was journaled with (nothing is
 re-embedded). Corpus chunks are forgotten again when their file is (`document_removed`, naming
-the chunk event ids) or their corpus is (`corpus_removed`). A `resonance` event scores the event it judges (data: {"event": id, "score": 0..1});
-the judgement with the highest journal seq wins, whatever order pages are applied in, so a
-rebuild and an incremental run agree and re-applying a page changes nothing.
+the chunk event ids) or their corpus is (`corpus_removed`).
+
+A `resonance` event scores the event it judges (data: {"event": id, "score": 0..1, "judge":
+user | self | similarity}; a judgement that names no judge is the user's). `judges` keeps each
+judge's latest score with its journal seq ({"user": [0.9, 41], ...}): per judge the judgement
+with the highest seq wins, whatever order pages are applied in, so a rebuild and an incremental
+run agree and re-applying a page changes nothing. `resonance` is `soul.resonance.combine` of
+those scores (the one rule), `resonance_seq` the seq of the newest judgement counted. A partial
+index on seq over the rows with resonance >= HIGH serves the similarity judge's centroid.
 
 The vector column is `vector(384)`, the default embedder's dimension. An event embedded with
 another dimension is still remembered, with its vector NULL: keyword search finds it, semantic
@@ -29,6 +35,7 @@ are single tokens and `parse_config_v2` is a phrase of three, and, if a token ho
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -39,6 +46,7 @@ from psycopg import sql
 
 from journal.journal import Entry
 from projections.base import Projection
+from soul.resonance import HIGH, combine
 
 log = logging.getLogger("soul.projections.memory")
 
@@ -55,7 +63,7 @@ COLUMNS = ("seq", "id", "time", "type", "prose", "vector", "embedder", "corpus")
 
 class Memory(Projection):
     name = "memory"
-    version = 1
+    version = 2  # 2: each judge's latest score in `judges`; resonance is their combination
     types = (*REMEMBERED, "resonance", *FORGOTTEN)
     dim = 384
 
@@ -64,11 +72,12 @@ class Memory(Projection):
             "CREATE TABLE {table} ("
             " seq bigint PRIMARY KEY, id uuid NOT NULL, time timestamptz NOT NULL, type text NOT NULL,"
             " prose text NOT NULL, vector vector({dim}), embedder text NOT NULL, corpus text,"
-            " resonance real, resonance_seq bigint,"
+            " resonance real, resonance_seq bigint, judges jsonb,"
             " words tsvector GENERATED ALWAYS AS ({words}) STORED)"
         ).format(table=table, dim=sql.Literal(self.dim), words=sql.SQL(WORDS)))
         # Not unique: a duplicated event id in the journal must not stop the projection.
         cur.execute(sql.SQL("CREATE INDEX ON {} (id)").format(table))
+        cur.execute(sql.SQL("CREATE INDEX ON {} (seq DESC) WHERE resonance >= {}").format(table, sql.Literal(HIGH)))
 
     def apply(self, cur: psycopg.Cursor[Any], table: sql.Identifier, entries: Sequence[Entry]) -> None:
         # Rows are only ever added, in journal order: the highest seq held marks what is applied.
@@ -110,18 +119,18 @@ class Memory(Projection):
         return (e.seq, event.id, event.timestamp, event.type, event.prose, vector, event.embedder.name, event.corpus)
 
     def _judge(self, cur: psycopg.Cursor[Any], table: sql.Identifier, judgements: Sequence[Entry]) -> None:
-        latest: dict[uuid.UUID, tuple[float, int]] = {}
+        latest: dict[uuid.UUID, dict[str, tuple[float, int]]] = {}
         for e in judgements:
             data = e.event.data  # type: ignore[union-attr]
             try:
-                target, score = uuid.UUID(str(data["event"])), float(data["score"])
+                target, score, judge = uuid.UUID(str(data["event"])), float(data["score"]), str(data.get("judge", "user"))
             except (KeyError, TypeError, ValueError):
                 log.warning("memory: resonance at seq %d names no event and score: %r", e.seq, data)
                 continue
             if not 0.0 <= score <= 1.0:
                 log.warning("memory: resonance at seq %d scores %r, outside 0..1", e.seq, score)
                 continue
-            latest[target] = (score, e.seq)  # entries come in journal order: the last one wins
+            latest.setdefault(target, {})[judge] = (score, e.seq)  # in journal order: the last one wins
         if not latest:
             return
         # A table filled by COPY has no statistics until autovacuum gets to it; without them the
@@ -130,12 +139,24 @@ class Memory(Projection):
                                         [table.as_string(cur)]).fetchone()  # type: ignore[misc]
         if never_analyzed:
             cur.execute(sql.SQL("ANALYZE {}").format(table))
-        ids = list(latest)
+        rows = cur.execute(sql.SQL("SELECT seq, id, judges FROM {} WHERE id = ANY(%s) ORDER BY seq FOR UPDATE").format(table),
+                           [list(latest)]).fetchall()
+        if not rows:
+            return
+        updates = []
+        for seq, target, stored in rows:
+            judges = dict(stored or {})
+            for judge, (score, judged_at) in latest[target].items():
+                if judge not in judges or judges[judge][1] < judged_at:
+                    judges[judge] = [score, judged_at]
+            combined = combine({judge: score for judge, (score, _) in judges.items()})
+            updates.append((seq, json.dumps(judges, sort_keys=True), combined, max(at for _, at in judges.values())))
+        seqs, judges_json, scores, newest = zip(*updates)
         cur.execute(sql.SQL(
-            "UPDATE {} AS m SET resonance = j.score, resonance_seq = j.seq"
-            " FROM unnest(%s::uuid[], %s::real[], %s::bigint[]) AS j(id, score, seq)"
-            " WHERE m.id = j.id AND (m.resonance_seq IS NULL OR m.resonance_seq < j.seq)"
-        ).format(table), [ids, [latest[i][0] for i in ids], [latest[i][1] for i in ids]])
+            "UPDATE {} AS m SET judges = j.judges, resonance = j.score, resonance_seq = j.newest"
+            " FROM unnest(%s::bigint[], %s::jsonb[], %s::real[], %s::bigint[]) AS j(seq, judges, score, newest)"
+            " WHERE m.seq = j.seq"
+        ).format(table), [list(seqs), list(judges_json), list(scores), list(newest)])
 
     @staticmethod
     def _forget(cur: psycopg.Cursor[Any], table: sql.Identifier, removals: Sequence[Entry]) -> None:

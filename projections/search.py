@@ -90,9 +90,12 @@ def search(
     corpus: str | None = None,
     limit: int = 10,
     ef_search: int = EF_SEARCH,
+    max_seq: int | None = None,
 ) -> list[Hit]:
     """The `limit` best memories of soul `app` for `text` (keyword side) and `vector` (semantic
-    side, a query embedding of Memory.dim dimensions; not needed for keyword mode)."""
+    side, a query embedding of Memory.dim dimensions; not needed for keyword mode). With
+    `max_seq`, only memories journaled up to that seq: what a past self knew (like a corpus
+    filter, applied after the HNSW scan, so the semantic side may return fewer rows)."""
     if mode not in MODES:
         raise ValueError(f"unknown search mode {mode!r}; one of {', '.join(MODES)}")
     if limit < 1:
@@ -101,11 +104,13 @@ def search(
     if semantic and (vector is None or len(vector) != Memory.dim):
         raise ValueError(f"{mode} search needs a query vector of {Memory.dim} dimensions")
     depth = limit if mode != "hybrid" else max(limit, DEPTH)
-    in_corpus = sql.SQL("AND corpus = {}").format(sql.Literal(corpus)) if corpus is not None else sql.SQL("")
+    filters = sql.SQL("AND corpus = {}").format(sql.Literal(corpus)) if corpus is not None else sql.SQL("")
+    if max_seq is not None:
+        filters += sql.SQL(" AND seq <= {}").format(sql.Literal(max_seq))
     nothing = sql.SQL("SELECT NULL::bigint AS seq, NULL::bigint AS rank, NULL::real AS score WHERE false")
     parts = {
-        "semantic": sql.SQL(_SEMANTIC).format(memory=Memory.view(app), corpus=in_corpus) if semantic else nothing,
-        "keyword": sql.SQL(_KEYWORD).format(memory=Memory.view(app), corpus=in_corpus) if mode != "semantic" else nothing,
+        "semantic": sql.SQL(_SEMANTIC).format(memory=Memory.view(app), corpus=filters) if semantic else nothing,
+        "keyword": sql.SQL(_KEYWORD).format(memory=Memory.view(app), corpus=filters) if mode != "semantic" else nothing,
     }
     query = sql.SQL(_SEARCH).format(fused=sql.SQL(_FUSED[mode]), memory=Memory.view(app), **parts)
     params = {"vector": vector, "text": text, "split": SPLIT, "spaces": " " * len(SPLIT), "depth": depth, "limit": limit,

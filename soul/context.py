@@ -84,10 +84,10 @@ def truncate(tokenizer: Tokenizer, text: str, cap: int) -> str:
     return text[:low] + TRUNCATED if count(tokenizer, text[:low] + TRUNCATED) <= cap else ""
 
 
-def _latest_pinned(cur: psycopg.Cursor[Any], view: sql.Composable, kind: str) -> str | None:
+def _latest_pinned(cur: psycopg.Cursor[Any], view: sql.Composable, kind: str, max_seq: int | None) -> str | None:
     # The type as a literal: a generic plan for `type = $1` could not use the partial index.
-    row = cur.execute(sql.SQL("SELECT prose FROM {} WHERE type = {} ORDER BY seq DESC LIMIT 1").format(
-        view, sql.Literal(kind))).fetchone()
+    row = cur.execute(sql.SQL("SELECT prose FROM {} WHERE type = {} AND seq <= %s ORDER BY seq DESC LIMIT 1").format(
+        view, sql.Literal(kind)), [2**63 - 1 if max_seq is None else max_seq]).fetchone()
     return row[0] if row else None
 
 
@@ -114,23 +114,32 @@ def render_turn(seq: int, kind: str, prose: str) -> str:
     return f"[{seq} {kind}] {prose}\n"
 
 
+def parse_turn(text: str) -> tuple[str, str]:
+    """The event type and prose of a turn block's text, as `render_turn` wrote them."""
+    head, prose = text.split("] ", 1)
+    return head.split(" ", 1)[1], prose.removesuffix("\n")
+
+
 def render(blocks: Sequence[Block]) -> str:
     return "".join(b.text for b in blocks)
 
 
 def _retrievals(conn: psycopg.Connection[Any], app: str, text: str, vector: np.ndarray | None, k: int,
-                corpus: str | None) -> list[Hit]:
+                corpus: str | None, max_seq: int | None) -> list[Hit]:
     """Up to 2k hits, alternating the mounted corpus's and the soul's own memories (not other corpora's chunks)."""
     mode = "hybrid" if vector is not None else "keyword"
-    own = [h for h in search(conn, app, text, vector, mode=mode, limit=2 * k) if h.corpus is None]
-    mounted = search(conn, app, text, vector, mode=mode, corpus=corpus, limit=k) if corpus is not None else []
+    own = [h for h in search(conn, app, text, vector, mode=mode, limit=2 * k, max_seq=max_seq) if h.corpus is None]
+    mounted = (search(conn, app, text, vector, mode=mode, corpus=corpus, limit=k, max_seq=max_seq)
+               if corpus is not None else [])
     return [h for pair in zip(mounted, own) for h in pair] + mounted[len(own):] + own[len(mounted):]
 
 
 def assemble(conn: psycopg.Connection[Any], app: str, conversation: str, query_vector: np.ndarray | None,
              tokenizer: Tokenizer, budget: int, notebook_cap: int = 2048, retrieval_k: int = 0,
-             mounted_corpus: str | None = None) -> Context:
-    """The context window of `conversation` for soul `app`, within `budget` tokens."""
+             mounted_corpus: str | None = None, max_seq: int | None = None) -> Context:
+    """The context window of `conversation` for soul `app`, within `budget` tokens. With
+    `max_seq`, the pinned blocks and retrievals are those of the journal up to that seq (a
+    past self talking); the conversation's own turns are all shown."""
     if not 1 <= budget <= MAX_BUDGET:
         raise ValueError(f"budget must be between 1 and {MAX_BUDGET} tokens, not {budget}")
     if notebook_cap < 0 or retrieval_k < 0:
@@ -138,7 +147,7 @@ def assemble(conn: psycopg.Connection[Any], app: str, conversation: str, query_v
     view = Turns.view(app)
     with conn.transaction(), conn.cursor() as cur:  # one snapshot of the projection
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        self_definition, notebook = (_latest_pinned(cur, view, kind) for kind in PINNED)
+        self_definition, notebook = (_latest_pinned(cur, view, kind, max_seq) for kind in PINNED)
         summary = _latest_summary(cur, view, conversation)
         covered = summary[3] if summary else 0
         pinned = []
@@ -157,7 +166,7 @@ def assemble(conn: psycopg.Connection[Any], app: str, conversation: str, query_v
         newest = next(turns, None)
         hits: list[Hit] = []
         if retrieval_k and newest is not None:
-            hits = _retrievals(conn, app, newest[2], query_vector, retrieval_k, mounted_corpus)
+            hits = _retrievals(conn, app, newest[2], query_vector, retrieval_k, mounted_corpus, max_seq)
             # The conversation's own unsummarised turns are in the window or on their way out of
             # it into a summary: recalling them would only repeat them.
             own = {seq for (seq,) in cur.execute(sql.SQL(
