@@ -97,17 +97,17 @@ def parse_ties_config(text: str) -> TiesConfig:
         values = {**shared, **own}
         adapters.append(AdapterEntry(
             path,
-            weight=_number(values.get("weight", DEFAULT_WEIGHT), f"models[{i}] weight"),
-            density=_number(values.get("density", DEFAULT_DENSITY), f"models[{i}] density", 0.0, 1.0),
+            weight=check_number(values.get("weight", DEFAULT_WEIGHT), f"models[{i}] weight"),
+            density=check_number(values.get("density", DEFAULT_DENSITY), f"models[{i}] density", 0.0, 1.0),
         ))
     if not adapters:
         raise MergeConfigError("models: no adapter besides the base model")
     return TiesConfig(
         base,
         tuple(adapters),
-        normalize=_flag(shared.get("normalize", DEFAULT_NORMALIZE), "normalize"),
-        int8_mask=_flag(shared.get("int8_mask", DEFAULT_INT8_MASK), "int8_mask"),
-        lam=_number(shared.get("lambda", DEFAULT_LAMBDA), "lambda"),
+        normalize=check_flag(shared.get("normalize", DEFAULT_NORMALIZE), "normalize"),
+        int8_mask=check_flag(shared.get("int8_mask", DEFAULT_INT8_MASK), "int8_mask"),
+        lam=check_number(shared.get("lambda", DEFAULT_LAMBDA), "lambda"),
     )
 
 
@@ -142,7 +142,7 @@ def _parameters(value, allowed: set[str], where: str) -> dict:
     return value
 
 
-def _number(value, what: str, low: float = -math.inf, high: float = math.inf) -> float:
+def check_number(value, what: str, low: float = -math.inf, high: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not low <= value <= high:
         bounds = f" in [{low}, {high}]" if math.isfinite(low) else ""
@@ -150,7 +150,7 @@ def _number(value, what: str, low: float = -math.inf, high: float = math.inf) ->
     return float(value)
 
 
-def _flag(value, what: str) -> bool:
+def check_flag(value, what: str) -> bool:
     if not isinstance(value, bool):
         raise MergeConfigError(f"{what}: true or false, not {value!r}")
     return value
