@@ -1,0 +1,102 @@
+"""The lineage as a projection of the journal's evolution events, the generation store, and one
+generation end to end (evolution/lineage.py, store.py, evolve.py) on a tiny seeded model."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from evolution.evolve import evolve, guard
+from evolution.lineage import LineageError, active, chain, find, lineage, resolve
+from evolution.store import GenerationStore
+from evolution.ties import model_hashes, root_hash
+from evolution_support import CONFIG, journal_moments, tiny_base
+from journal.journal import Journal
+
+
+def test_two_generations_end_to_end(journal: Journal, soul_home: Path, tmp_path: Path) -> None:
+    base = tiny_base(tmp_path / "w0")
+    app = journal.factory.env.name
+    assert active(soul_home, app) is None  # no generation yet: the base weights
+
+    first = journal_moments(journal, 3)
+    one = evolve(journal, soul_home, base, CONFIG)
+    assert one.status == "promoted" and one.generation == 1 and not one.cached
+    cut_one = journal.last_seq()
+    journal_moments(journal, 2, topic="stones")
+    two = evolve(journal, soul_home, base, CONFIG)
+    assert two.status == "promoted" and two.generation == 2
+
+    gens = lineage(journal)
+    assert [(g.name, g.status) for g in gens] == [("gen-1", "promoted"), ("gen-2", "promoted")]
+    g1, g2 = gens
+    assert g1.event_ids == [str(t.id) for t in first]
+    assert g2.after_seq == g1.cut and g1.cut < cut_one  # the lineage's own events come after the cut
+    assert g2.adapter["parent_root"] == g1.root_sha256 and g1.adapter["parent_root"] == base.root_sha256
+    assert g2.seal["adapters"] == [g1.adapter["sha256"], g2.adapter["sha256"]]  # merged from W0 with both
+    assert g1.seal["base_root"] == base.root_sha256
+    assert set(g2.seal["drift"]) == {n for n in g2.seal["tensor_sha256"] if n.endswith(("q_proj.weight",
+                                                                                      "k_proj.weight",
+                                                                                      "v_proj.weight"))}
+    assert g2.seal["perplexity"]["before"] == g1.seal["perplexity"]["after"]
+    assert g2.seal["loss"]["after"] < g2.seal["loss"]["before"]  # it learnt its moments
+
+    name, folder = active(soul_home, app)
+    assert name == "gen-2"
+    assert root_hash(model_hashes(folder)) == g2.root_sha256
+    assert resolve(journal, soul_home, "gen-1") == (GenerationStore(soul_home, app).weights(g1.root_sha256), g1.cut)
+    with pytest.raises(LineageError, match="gen-1, gen-2"):
+        find(journal, "gen-3")
+
+
+def test_nothing_to_curate_is_an_outcome(journal: Journal, soul_home: Path, tmp_path: Path) -> None:
+    base = tiny_base(tmp_path / "w0")
+    journal_moments(journal, 2, score=0.5)  # below the threshold
+    outcome = evolve(journal, soul_home, base, CONFIG)
+    assert outcome.status == "nothing to curate" and outcome.curation["events"] == 0
+    assert lineage(journal) == []
+    sealed = [e for e in _lineage_events(journal) if e.type == "curation_sealed"]
+    assert len(sealed) == 1 and sealed[0].data["outcome"] == "nothing to curate"
+    journal_moments(journal, 2)
+    few = evolve(journal, soul_home, base, replace(CONFIG, min_events=3))
+    assert few.status == "nothing to curate" and few.curation["events"] == 2
+
+
+def test_a_generation_beyond_the_guard_is_rejected_and_the_previous_stays(
+        journal: Journal, soul_home: Path, tmp_path: Path) -> None:
+    base = tiny_base(tmp_path / "w0")
+    app = journal.factory.env.name
+    journal_moments(journal, 2)
+    assert evolve(journal, soul_home, base, CONFIG).status == "promoted"
+    journal_moments(journal, 2, topic="clouds")
+    strict = replace(CONFIG, max_drift=1e-6)
+    outcome = evolve(journal, soul_home, base, strict)
+    assert outcome.status == "rejected" and "max_drift" in outcome.why
+    assert active(soul_home, app)[0] == "gen-1"
+    assert [(g.name, g.status) for g in lineage(journal)] == [("gen-1", "promoted"), ("gen-2", "rejected")]
+    rejected = [e for e in _lineage_events(journal) if e.type == "generation_rejected"]
+    assert len(rejected) == 1 and "max_drift" in rejected[0].data["why"]
+    assert GenerationStore(soul_home, app).weights(outcome.root_sha256) is None  # its weights are gone
+    # a retry curates the same window again: nothing was lost to the rejection
+    retry = evolve(journal, soul_home, base, CONFIG)
+    assert retry.status == "promoted" and retry.generation == 2
+    assert chain(lineage(journal))[-1].after_seq == chain(lineage(journal))[0].cut
+    assert active(soul_home, app)[0] == "gen-2"
+
+
+def test_the_guard_bounds_drift_and_anchor_perplexity_against_w0() -> None:
+    config = replace(CONFIG, max_drift=0.05, max_perplexity_ratio=1.1)
+    fine = {"base": 10.0, "before": 10.9, "after": 11.0}
+    assert guard(config, 0.05, "q", fine) is None
+    assert "drift 0.0501 of q exceeds max_drift 0.05" in guard(config, 0.0501, "q", fine)
+    # against W0, not the parent: 11.2 is within 1.1 of the parent's 10.9 but not of W0's 10
+    why = guard(config, 0.01, "q", {"base": 10.0, "before": 10.9, "after": 11.2})
+    assert "1.12 times W0's 10" in why and "max_perplexity_ratio 1.1" in why
+
+
+def _lineage_events(journal: Journal):
+    from evolution.lineage import events
+
+    return events(journal)
