@@ -35,6 +35,7 @@ CATALOGUE: dict[str, int] = {
     "adapter_trained": 1,
     "generation_sealed": 1,
     "generation_rejected": 1,
+    "generation_promoted": 1,  # data: generation, epoch, root hash: the soul now runs on it
     "redaction": 1,  # data: the event id that must leave projections and generations
     "packet_received": 1,  # data: packet id, sender; its own originator makes a redelivered packet journal once
 }

@@ -20,6 +20,7 @@ from eventsourcing.persistence import PersistenceError
 
 import psycopg
 
+from evolution.evolution_cli import evolve, export, forget, generations, replay
 from journal.embedded import EmbeddedNats, ServiceError, soul_home
 from journal.errors import one_line
 from journal.event import BifocalEvent, EventError
@@ -233,6 +234,8 @@ def entry_json(entry: Entry, vectors: bool = False) -> dict[str, Any]:
 
 main.add_command(search)
 main.add_command(corpus)
+for command in (evolve, generations, replay, export, forget):
+    main.add_command(command)
 
 
 # -- journal ---------------------------------------------------------------------------
