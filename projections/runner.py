@@ -4,8 +4,10 @@ Modelled on eventsourcing's ProjectionRunner with a PostgresTrackingRecorder: th
 (the last journal seq consumed) is one row per table in `_tracking`, written in the same
 transaction as the rows it accounts for, so a crash at any point loses nothing and doubles
 nothing. Unlike eventsourcing's runner this one works a page of entries per transaction
-(`apply` may bulk-load with COPY) and keeps going past events it cannot decode: those go to
-`_dead_letters` with the reason.
+(`apply` may bulk-load with COPY) and keeps going past events it cannot decode or the view cannot
+hold (a NUL in text, a value of the wrong kind in `data`): those go to `_dead_letters` with the
+reason. `run` outlives its servers: when Postgres restarts or NATS stops answering it waits,
+reconnects and catches up from the committed position.
 
 Per app schema:
     _projections   name -> version, active table, shadow table being rebuilt (if any)
@@ -23,15 +25,24 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
+from eventsourcing.persistence import OperationalError
 from psycopg import sql
 
+from journal.errors import one_line
 from journal.journal import Entry, Journal
 from projections.base import Projection, schema_for
-from projections.postgres import connect, pg_url
+from projections.postgres import PostgresUnavailable, connect, pg_url
 
 log = logging.getLogger("soul.projections")
 
 Progress = Callable[[int, int], None]  # (position, journal end)
+
+# What one event's data can make `apply` raise: data the view's columns cannot hold (class 22 or
+# 23 errors in Postgres) or facts of the wrong kind. Not SQL mistakes (ProgrammingError): those
+# are bugs in the projection, and would fail every event alike.
+UNAPPLICABLE = (psycopg.DataError, psycopg.IntegrityError, ValueError, TypeError, LookupError, AttributeError)
+# What a restart of Postgres or an election in the NATS cluster looks like: worth waiting out.
+OUTAGES = (psycopg.OperationalError, PostgresUnavailable, OperationalError)
 
 _META = """
 CREATE TABLE IF NOT EXISTS {schema}._projections (
@@ -65,7 +76,8 @@ class ProjectionRunner:
         self.projection = projection
         self.page = page
         self.schema = schema_for(journal.factory.env.name)
-        self.conn = connect(url or pg_url())
+        self.url = url or pg_url()
+        self.conn = connect(self.url)
         self._finished: set[str] = set()  # tables this runner has called projection.finish on
         self._setup()
 
@@ -137,17 +149,31 @@ class ProjectionRunner:
             return position
         types = self.projection.types
         wanted = [e for e in fresh if e.event is not None and (not types or e.topic in types)]
-        if wanted:
-            self.projection.apply(cur, self._id(table), wanted)
-        dead = [e for e in fresh if e.event is None]  # whatever their type: it may be one we want
-        for e in dead:
-            log.warning("projection %s: journal entry %d is a dead letter: %s", self.projection.name, e.seq, e.error)
+        # Undecodable entries are dead letters whatever their type: it may be one we want.
+        dead = [(e, e.error) for e in fresh if e.event is None] + self._apply_or_isolate(cur, table, wanted)
+        for e, reason in dead:
+            log.warning("projection %s: journal entry %d is a dead letter: %s", self.projection.name, e.seq, reason)
         if dead:
             cur.executemany(sql.SQL("INSERT INTO {} VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING").format(
-                self._id("_dead_letters")), [(table, e.seq, str(e.originator_id), e.topic, e.error) for e in dead])
+                self._id("_dead_letters")), [(table, e.seq, str(e.originator_id), e.topic, r) for e, r in dead])
         cur.execute(sql.SQL("UPDATE {} SET position = %s WHERE table_name = %s").format(self._id("_tracking")),
                     [fresh[-1].seq, table])
         return fresh[-1].seq
+
+    def _apply_or_isolate(self, cur: psycopg.Cursor[Any], table: str, entries: Sequence[Entry]) -> list[tuple[Entry, str]]:
+        """Apply `entries` in a savepoint; if their data cannot be applied, halve them until the
+        entries at fault are found, apply the rest in order, and return those with the reason."""
+        if not entries:
+            return []
+        try:
+            with self.conn.transaction():
+                self.projection.apply(cur, self._id(table), entries)
+            return []
+        except UNAPPLICABLE as e:
+            if len(entries) == 1:
+                return [(entries[0], f"cannot be applied: {type(e).__name__}: {one_line(e)}")]
+        half = len(entries) // 2
+        return self._apply_or_isolate(cur, table, entries[:half]) + self._apply_or_isolate(cur, table, entries[half:])
 
     def _fill(self, table: str, progress: Progress | None) -> int:
         """Apply the journal to `table` from its position to the journal's current end."""
@@ -193,10 +219,21 @@ class ProjectionRunner:
             except _Swapped:  # another process swapped in a rebuild: look again
                 continue
 
-    def run(self, stop: threading.Event, poll: float = 0.1) -> None:
-        """Catch up, then keep up with new entries (checking every `poll` s) until `stop` is set."""
+    def run(self, stop: threading.Event, poll: float = 0.1, retry: float = 1.0) -> None:
+        """Catch up, then keep up with new entries (checking every `poll` s) until `stop` is set.
+
+        An outage (Postgres restarting, NATS unreachable) is logged and waited out: every `retry`
+        seconds it reconnects to Postgres if needed and catches up from the committed position,
+        so the page that was in flight is applied once, after the outage."""
         while not stop.is_set():
-            self.catch_up()
+            try:
+                if self.conn.closed:
+                    self.conn = connect(self.url)
+                self.catch_up()
+            except OUTAGES as e:
+                log.warning("projection %s waits for its servers: %s", self.projection.name, one_line(e))
+                stop.wait(retry)
+                continue
             stop.wait(poll)
 
     def rebuild(self, progress: Progress | None = None) -> None:
