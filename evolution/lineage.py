@@ -118,9 +118,9 @@ def runs(journal: Journal) -> list[Generation]:
 def lineage(journal: Journal) -> list[Generation]:
     """The runs of the latest epoch that curated something, in order (rejected and interrupted
     ones included; `chain` keeps the promoted ones)."""
-    every = [r for r in runs(journal) if r.status != "nothing to curate"]
+    every = runs(journal)
     epoch = max((r.epoch for r in every), default=0)
-    return [r for r in every if r.epoch == epoch]
+    return [r for r in every if r.epoch == epoch and r.status != "nothing to curate"]
 
 
 def current_epoch(journal: Journal) -> int:
