@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from psycopg import sql
@@ -51,9 +51,12 @@ from projections.runner import ProjectionRunner
 from projections.search import Hit, search
 from projections.turns import TURNS, Turns
 from soul.context import Context, assemble, parse_turn, summarise
-from soul.mind import Generation, Mind
-from soul.resonance import SELF_QUESTION, RatingError, combine, find_event, judgement, self_judgement, similarity_judgement
+from soul.resonance import SELF_QUESTION, RatingError, combine, judgement, self_judgement, similarity_judgement
+from soul.resonance import rate as rate_event
 from soul.tools import TOOLS, ToolError
+
+if TYPE_CHECKING:
+    from soul.mind import Generation, Mind
 
 DEFAULT_CONVERSATION = "main"
 DEFAULT_SELF = ("I am soul, a small local agent. I remember what I perceive and think, "
@@ -73,6 +76,7 @@ class SoulConfig:
     max_tokens: int = 256  # a reply's tokens at most
     keep_after_eviction: float = 0.5  # an overflowing window is cut to this share of the budget
     notebook_cap: int = 512  # tokens of the notebook shown
+    summary_share: float = 0.25  # of the budget, at most, for the summary of evicted turns
     retrieval_k: int = 3  # memories recalled into the window each turn
     temperature: float = 0.0  # 0: greedy
     seed: int = 0
@@ -134,18 +138,18 @@ class Soul:
         self.conversation = DEFAULT_CONVERSATION
         self.runners = {p.name: ProjectionRunner(journal, p, url) for p in (Turns(), Memory(), Corpora())}
         self.conn = self.runners[Turns.name].conn  # reads go through one of the runners' connections
-        # The window leaves room within the model's context for the reply and the self judge's question.
-        self.reserve = config.max_tokens + len(mind.encode([{"role": "user", "content": SELF_QUESTION}]))
+        # A reply takes at most a quarter of the model's context; the window leaves room for it
+        # and for the self judge's question.
+        self.max_tokens = min(config.max_tokens, mind.max_context // 4)
+        self.reserve = self.max_tokens + len(mind.encode([{"role": "user", "content": SELF_QUESTION}]))
         self.budget = min(config.budget, mind.max_context - self.reserve)
-        if self.budget < 64:
-            raise TurnError(f"the model's context of {mind.max_context} tokens leaves no room for a window "
-                            f"and a reply of {config.max_tokens} tokens; lower max_tokens")
 
     @classmethod
     def open(cls, app: str, *, model_dir: Path | None = None, config: SoulConfig | None = None,
              generation: str = "gen-0", as_of: int | None = None, mind: Mind | None = None) -> Soul:
         """The soul named `app`: its journal, projections, embedder and mind (or `mind`)."""
-        from soul.embedder import load_default_embedder  # loads MLX
+        from soul.embedder import load_default_embedder  # loads MLX, as the mind does
+        from soul.mind import Mind
 
         config = config or SoulConfig()
         mind = mind or Mind(model_dir, temperature=config.temperature, seed=config.seed,
@@ -208,7 +212,7 @@ class Soul:
         cause, tool_seqs = event, []
         for _ in range(self.config.tool_rounds + 1):
             context, messages = self.window(conversation, event.vector)
-            generation = self.mind.generate(messages, max_tokens=self.config.max_tokens, on_token=on_token,
+            generation = self.mind.generate(messages, max_tokens=self.max_tokens, on_token=on_token,
                                             tools=self.tool_schemas())
             thought_seq, thought = self.journal.add(BifocalEvent(
                 "thought", generation.text, self.embedder.embed([generation.text])[0], self.embedder.id, conversation,
@@ -256,6 +260,7 @@ class Soul:
         try:
             return assemble(self.conn, self.app, conversation, vector, self.mind.tokenizer, budget,
                             notebook_cap=self.config.notebook_cap, retrieval_k=self.config.retrieval_k,
+                            summary_cap=int(budget * self.config.summary_share),
                             mounted_corpus=corpora.mounted(self.conn, self.app), max_seq=self.as_of)
         except ValueError as e:  # the pinned blocks alone overflow the window
             raise TurnError(f"{e}; shorten the self-definition (/self) or the notebook (/notebook)") from None
@@ -344,10 +349,13 @@ class Soul:
     def _rate_command(self, words: list[str], conversation: str) -> TurnResult:
         try:
             score = float(words[0])
+        except (IndexError, ValueError):
+            return TurnResult(conversation, None, None, "usage: /rate SCORE [EVENT] (SCORE 0..1; EVENT a seq or "
+                                                        "event id, default the last thought)")
+        try:
             seq = self.rate(score, words[1] if len(words) > 1 else None, conversation)
-        except (IndexError, ValueError) as e:
-            return TurnResult(conversation, None, None, f"{e if isinstance(e, RatingError) else 'usage'}: /rate SCORE [EVENT]"
-                              " (SCORE 0..1; EVENT a seq or event id, default the last thought)")
+        except RatingError as e:
+            return TurnResult(conversation, None, None, str(e))
         return TurnResult(conversation, None, None, f"rated: resonance event {seq}", (seq,))
 
     def rate(self, score: float, event: str | None = None, conversation: str | None = None,
@@ -362,9 +370,7 @@ class Soul:
             if row is None:
                 raise RatingError("no thought to rate yet in this conversation")
             event = str(row[0])
-        target = find_event(self.journal, self.conn, self.app, event).event
-        assert target is not None
-        seq, _ = self.journal.add(judgement(target, score, "user", rationale or f"user rated {score:g}", self.embedder))
+        seq, _ = rate_event(self.journal, self.conn, self.app, event, score, self.embedder, rationale=rationale)
         return seq
 
     # -- the pinned blocks and memory ------------------------------------------------------

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import click
@@ -30,6 +31,7 @@ from projections.postgres import EmbeddedPostgres, connect, pg_url
 from projections.registry import PROJECTIONS
 from projections.runner import ProjectionRunner, status
 from soul.blas import BlasError, reexec_with_optimized_blas
+from soul.chat_cli import chat, open_soul, rate, say, stream_to
 from soul.corpus_cli import corpus
 from soul.search_cli import search
 
@@ -87,32 +89,33 @@ def open_journal(ctx: click.Context) -> Journal:
 # -- run -------------------------------------------------------------------------------
 
 FIRST_WORDS = (
-    "I am awake. Everything I perceive becomes an event in my journal.",
-    "The journal is the truth; memory, context and even my weights are projections of it.",
-    "Each event keeps both halves of a thought: the words and the vector of what was meant.",
+    "Hello! Who are you, in one sentence?",
+    "What is one thing you will remember about this conversation?",
 )
 
 
 @main.command()
+@click.option("--model", type=click.Path(path_type=Path), envvar="SOUL_MODEL", metavar="DIR",
+              help="An MLX model directory to think with (SOUL_MODEL). Default: the embedded SmolLM2-135M-Instruct.")
 @click.pass_context
-def run(ctx: click.Context) -> None:
-    """Start the soul on embedded defaults.
+def run(ctx: click.Context, model: Path | None) -> None:
+    """Start the living soul on embedded defaults and show a short exchange.
 
-    At this stage (see README, "Status") this starts the journal (embedded NATS with
-    JetStream unless SOUL_NATS_URL is set), journals a few perceptions embedded with
-    all-MiniLM-L6-v2, and shows them as `soul tail` would.
+    Starts what is not running (the embedded NATS with JetStream and PostgreSQL with
+    pgvector, unless SOUL_NATS_URL / SOUL_PG_URL name others), loads the mind (SmolLM2-135M,
+    converted once into SOUL_HOME) and the embedder (all-MiniLM-L6-v2), then takes two turns
+    of the conversation `main`, streaming the replies. Every step is an event on the journal.
     """
-    journal = open_journal(ctx)
-    click.echo(f"journal: {journal.where}", err=True)
-    embedder = _embedder()
-    vectors = embedder.embed(list(FIRST_WORDS))
-    start = journal.last_seq() + 1
-    origin = _originator("run")
-    for prose, vector in zip(FIRST_WORDS, vectors):
-        journal.add(BifocalEvent("perception", prose, vector, embedder.id, origin, data={"source": "soul:run"}))
-    for entry in journal.read(since=start):
-        click.echo(format_line(entry))
-    click.echo("follow the journal with `soul tail`; counts with `soul journal stats`", err=True)
+    with open_soul(ctx, model) as soul:
+        click.echo(f"journal: {soul.journal.where}; mind: {soul.mind.model_id}", err=True)
+        start = soul.journal.last_seq() + 1
+        for prose in FIRST_WORDS:
+            click.echo(f"you> {prose}")
+            click.echo("soul> ", nl=False)
+            soul.turn(prose, on_token=stream_to(sys.stdout))
+            click.echo()
+        events = soul.journal.last_seq() - start + 1
+    click.echo(f"{events} events journaled. Talk on with `soul chat`; watch each step with `soul tail`.", err=True)
 
 
 @main.command()
@@ -234,6 +237,9 @@ def entry_json(entry: Entry, vectors: bool = False) -> dict[str, Any]:
 
 main.add_command(search)
 main.add_command(corpus)
+main.add_command(say)
+main.add_command(chat)
+main.add_command(rate)
 for command in (evolve, generations, replay, export, forget):
     main.add_command(command)
 

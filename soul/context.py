@@ -136,10 +136,12 @@ def _retrievals(conn: psycopg.Connection[Any], app: str, text: str, vector: np.n
 
 def assemble(conn: psycopg.Connection[Any], app: str, conversation: str, query_vector: np.ndarray | None,
              tokenizer: Tokenizer, budget: int, notebook_cap: int = 2048, retrieval_k: int = 0,
-             mounted_corpus: str | None = None, max_seq: int | None = None) -> Context:
+             mounted_corpus: str | None = None, max_seq: int | None = None,
+             summary_cap: int | None = None) -> Context:
     """The context window of `conversation` for soul `app`, within `budget` tokens. With
     `max_seq`, the pinned blocks and retrievals are those of the journal up to that seq (a
-    past self talking); the conversation's own turns are all shown."""
+    past self talking); the conversation's own turns are all shown. `summary_cap` limits the
+    summary's tokens (default: whatever the pinned blocks leave)."""
     if not 1 <= budget <= MAX_BUDGET:
         raise ValueError(f"budget must be between 1 and {MAX_BUDGET} tokens, not {budget}")
     if notebook_cap < 0 or retrieval_k < 0:
@@ -160,7 +162,8 @@ def assemble(conn: psycopg.Connection[Any], app: str, conversation: str, query_v
             raise ValueError(f"the self-definition and notebook take {used} tokens, over the budget of {budget}")
         if summary:
             head = f"# Conversation\n[{summary[2]}-{summary[3]} summary] "
-            text = truncate(tokenizer, summary[1], budget - used - count(tokenizer, head + "\n"))
+            room = budget - used - count(tokenizer, head + "\n")
+            text = truncate(tokenizer, summary[1], room if summary_cap is None else min(room, summary_cap))
             pinned.append(Block("summary", f"{head}{text}\n", summary[0]))
         turns = _turns_newest_first(cur, view, conversation, covered)
         newest = next(turns, None)

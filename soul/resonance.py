@@ -118,3 +118,13 @@ def find_event(journal: Journal, conn: psycopg.Connection[Any], app: str, ref: s
     if entry is None or entry.seq != seq or entry.event is None:
         raise RatingError(f"no readable event at sequence {seq}")
     return entry
+
+
+def rate(journal: Journal, conn: psycopg.Connection[Any], app: str, ref: str, score: float, embedder: Any,
+         judge: str = "user", rationale: str | None = None) -> tuple[int, Entry]:
+    """Journal `judge`'s rating of the event `ref` names (see find_event); the resonance
+    event's seq and the rated entry."""
+    target = find_event(journal, conn, app, ref)
+    assert target.event is not None
+    seq, _ = journal.add(judgement(target.event, score, judge, rationale or f"{judge} rated {score:g}", embedder))
+    return seq, target

@@ -20,6 +20,8 @@ from click.testing import CliRunner
 from journal.event import BifocalEvent, Embedder
 from journal.journal import Journal
 from soul.cli import main
+from support import drop_schema
+from tiny_model import build_tiny_model
 
 SOUL = [sys.executable, "-m", "soul"]
 
@@ -154,19 +156,25 @@ def test_commands_start_the_embedded_server_on_demand(tmp_path: Path) -> None:
         soul("services", "stop", env=env)
 
 
-def test_run_and_perceive_journal_embedded_perceptions(tmp_path: Path, nats_url: str, app_name: str) -> None:
-    result = soul("--app", app_name, "run", env={"SOUL_HOME": str(tmp_path)}, timeout=300)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert len(lines) == 3 and all("perception" in line and "[384d |v|=1.000]" in line for line in lines)
-    with Journal(app_name, {"SOUL_NATS_URL": nats_url}) as journal:
-        events = [e.event for e in journal.read()]
-    assert events[0].embedder.name.startswith("all-MiniLM-L6-v2@") and events[0].embedder.dim == 384
-    perceived = soul("--app", app_name, "perceive", "a new thing", "--source", "agent:coder", "--json",
-                     env={"SOUL_HOME": str(tmp_path)}, timeout=300)
-    assert perceived.returncode == 0, perceived.stderr
-    event = json.loads(perceived.stdout)
-    assert event["seq"] == 4 and event["data"] == {"source": "agent:coder"} and event["dim"] == 384
+def test_run_shows_an_exchange_and_perceive_journals(tmp_path: Path, nats_url: str, pg_url: str, app_name: str) -> None:
+    # The tiny model keeps this fast; tests/test_chat_cli.py talks to the embedded SmolLM2.
+    env = {"SOUL_HOME": str(tmp_path), "SOUL_MODEL": str(build_tiny_model(tmp_path / "tiny"))}
+    try:
+        result = soul("--app", app_name, "run", env=env, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("you> Hello!") and result.stdout.count("you> ") == result.stdout.count("soul> ") == 2
+        assert "Talk on with `soul chat`" in result.stderr
+        with Journal(app_name, {"SOUL_NATS_URL": nats_url}) as journal:
+            events = [e.event for e in journal.read()]
+        assert [e.type for e in events].count("thought") == 2
+        assert events[0].type == "perception" and events[0].embedder.name.startswith("all-MiniLM-L6-v2@")
+        perceived = soul("--app", app_name, "perceive", "a new thing", "--source", "agent:coder", "--json",
+                         env=env, timeout=300)
+        assert perceived.returncode == 0, perceived.stderr
+        event = json.loads(perceived.stdout)
+        assert event["seq"] == len(events) + 1 and event["data"] == {"source": "agent:coder"} and event["dim"] == 384
+    finally:
+        drop_schema(pg_url, app_name)
 
 
 def test_doctor_reports_every_part_and_fails_on_a_dead_one(nats_url: str, pg_url: str, app_name: str) -> None:
