@@ -83,18 +83,22 @@ def evolve(journal: Journal, home: Path, base: Base | None, config: EvolutionCon
            progress: Progress | None = None) -> Outcome:
     """Make the next generation from the moments journaled since the last one (`base` may be
     None for a dry run, which only curates)."""
+    if dry_run or base is None:
+        return Outcome(len(chain(lineage(journal))) + 1, "dry run", summary(next_curation(journal, config)))
     store = GenerationStore(home, _app(journal))
     with store.lock():
         store.clear_staging()
         promoted = chain(lineage(journal))
         reconcile(store, promoted)
-        parent = promoted[-1] if promoted else None
-        number = len(promoted) + 1
-        curation = curate(journal, generation=number, after_seq=parent.cut if parent else 0,
-                          cut=journal.last_seq(), config=config, redacted=redacted_ids(journal))
-        if dry_run or base is None:
-            return Outcome(number, "dry run", summary(curation))
+        curation = next_curation(journal, config)
         return make_generation(journal, store, base, config, current_epoch(journal), curation, promoted, progress)
+
+
+def next_curation(journal: Journal, config: EvolutionConfig) -> Curation:
+    """The moments after the last promoted generation's cut, up to the journal's end."""
+    promoted = chain(lineage(journal))
+    return curate(journal, generation=len(promoted) + 1, after_seq=promoted[-1].cut if promoted else 0,
+                  cut=journal.last_seq(), config=config, redacted=redacted_ids(journal))
 
 
 def make_generation(journal: Journal, store: GenerationStore, base: Base, config: EvolutionConfig, epoch: int,
