@@ -89,6 +89,12 @@ def events(journal: Journal) -> list[BifocalEvent]:
             for s in journal.recorder.select_events(LINEAGE)]
 
 
+def last_event(journal: Journal) -> BifocalEvent | None:
+    """The lineage's newest event (one direct read), or None before the first evolve run."""
+    found = journal.recorder.select_events(LINEAGE, desc=True, limit=1)
+    return codec.decode(found[0].state, LINEAGE, found[0].originator_version) if found else None
+
+
 def runs(journal: Journal) -> list[Generation]:
     """Every evolve run ever journaled, in the order they started."""
     found: dict[str, Generation] = {}

@@ -4,10 +4,12 @@ generation end to end (evolution/lineage.py, store.py, evolve.py) on a tiny seed
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from evolution.cadence import DEFAULT_EVERY, due, parse_every, run_scheduled
 from evolution.evolve import evolve, guard
 from evolution.lineage import LineageError, active, chain, find, lineage, resolve
 from evolution.store import GenerationStore
@@ -100,3 +102,32 @@ def _lineage_events(journal: Journal):
     from evolution.lineage import events
 
     return events(journal)
+
+
+def test_cadence_evolves_once_a_period_and_journals_nothing_to_curate(
+        journal: Journal, soul_home: Path, tmp_path: Path) -> None:
+    base = tiny_base(tmp_path / "w0")
+    start = datetime.now(timezone.utc)
+    assert due(journal, start)  # never evolved
+    outcome = run_scheduled(journal, soul_home, start, config=CONFIG, model=base.path)
+    assert outcome.status == "nothing to curate"
+    assert [e.type for e in _lineage_events(journal)] == ["curation_sealed"]
+    later = datetime.now(timezone.utc)
+    assert not due(journal, later) and run_scheduled(journal, soul_home, later, config=CONFIG, model=base.path) is None
+    assert len(_lineage_events(journal)) == 1  # not due: nothing journaled
+    journal_moments(journal, 1)
+    assert not due(journal, later + timedelta(days=6)) and due(journal, later + DEFAULT_EVERY)
+    hourly = run_scheduled(journal, soul_home, later + timedelta(hours=1), timedelta(hours=1), CONFIG, base.path)
+    assert hourly.status == "promoted" and hourly.generation == 1
+
+
+@pytest.mark.parametrize("text, period", [("30m", timedelta(minutes=30)), ("12h", timedelta(hours=12)),
+                                          (" 7d ", timedelta(days=7)), ("1.5w", timedelta(weeks=1.5))])
+def test_parse_every(text: str, period: timedelta) -> None:
+    assert parse_every(text) == period
+
+
+@pytest.mark.parametrize("text", ["", "7", "d", "0d", "-1h", "1y", "weekly"])
+def test_parse_every_refuses_what_is_not_a_period(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a period"):
+        parse_every(text)
