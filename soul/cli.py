@@ -33,6 +33,8 @@ from projections.runner import ProjectionRunner, status
 from soul.blas import BlasError, reexec_with_optimized_blas
 from soul.chat_cli import chat, open_soul, rate, say, stream_to
 from soul.corpus_cli import corpus
+from soul.daemon_cli import daemon, message
+from soul.mcp_cli import mcp
 from soul.search_cli import search
 
 USER_ERRORS = (PersistenceError, EventError, ServiceError, OSError)
@@ -240,6 +242,9 @@ main.add_command(corpus)
 main.add_command(say)
 main.add_command(chat)
 main.add_command(rate)
+main.add_command(daemon)
+main.add_command(message)
+main.add_command(mcp)
 for command in (evolve, generations, replay, export, forget):
     main.add_command(command)
 

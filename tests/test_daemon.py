@@ -169,3 +169,28 @@ def test_sigterm_mid_turn_abandons_it_cleanly_and_the_next_start_answers_it(daem
     [(_, perception)] = events(app_name, nats_url, "perception")
     [(_, thought)] = events(app_name, nats_url, "thought")
     assert thought.causation_id == perception.id
+
+
+def test_an_mcp_agents_question_is_answered_by_the_running_daemon(daemons: Daemons, env: dict[str, str]) -> None:
+    from test_mcp import consult, text
+
+    daemon = daemons.start()
+    names, [asked] = consult({**env, "SOUL_MODEL": "/no/such/model"}, "--allow", "ask",
+                             calls=[("ask", {"question": "who keeps the lighthouse?"})])
+    assert names == ["ask"] and not asked.is_error and text(asked)
+    assert "turn in mcp from agent:mcp" in log_of(daemon)
+
+
+def test_the_service_units_run_the_daemon_and_stop_it_with_sigterm() -> None:
+    import configparser
+    import plistlib
+
+    ops = Path(__file__).parents[1] / "ops"
+    plist = plistlib.loads((ops / "launchd" / "ai.soul.daemon.plist").read_bytes())
+    assert plist["Label"] == "ai.soul.daemon" and plist["ProgramArguments"][-2:] == ["/Users/YOU/soul/.venv/bin/soul", "daemon"]
+    assert plist["KeepAlive"] == {"SuccessfulExit": False} and plist["ExitTimeOut"] >= 30
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read_string((ops / "systemd" / "soul.service").read_text())
+    service = unit["Service"]
+    assert service["ExecStart"].endswith("/.venv/bin/soul daemon") and service["KillSignal"] == "SIGTERM"
+    assert service["Restart"] == "on-failure" and unit["Install"]["WantedBy"] == "default.target"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +15,8 @@ import pytest
 from journal.event import Embedder
 from journal.journal import Journal
 from soul.peers import Inbox, inbox, journal_once, packet, send
-from support import publish_raw
+from support import drop_schema, publish_raw
+from test_daemon import SOUL, Daemons, tiny  # noqa: F401  (tiny is a fixture)
 
 EMBEDDER = Embedder("test@1", 8)
 
@@ -103,3 +108,53 @@ def test_secrets_from_a_peer_are_redacted_and_embedded_again(pair: tuple[str, Jo
     [got] = perceptions(receiver)
     assert "AKIAIOSFODNN7EXAMPLE" not in got.prose and got.data["redacted"]
     assert got.vector.tobytes() == embedder.embed([got.prose])[0].tobytes()
+
+
+def test_two_souls_exchange_messages_through_their_daemons_even_when_one_is_down(
+        tmp_path: Path, nats_url: str, pg_url: str, tiny: Path) -> None:
+    from soul.embedder import load_default_embedder
+
+    a, b = "a" + uuid.uuid4().hex[:10], "b" + uuid.uuid4().hex[:10]
+    env = {name: {**os.environ, "SOUL_HOME": str(tmp_path / name), "SOUL_NATS_URL": nats_url, "SOUL_PG_URL": pg_url,
+                  "SOUL_APP": name, "SOUL_MODEL": str(tiny)} for name in (a, b)}
+    daemons = {name: Daemons(env[name], tmp_path) for name in (a, b)}
+    try:
+        # b is down: a's message waits in b's inbox. No daemon of a's runs: a thinks in-process.
+        sent = subprocess.run([*SOUL, "message", b, "the bridge opens at noon"], env=env[a], capture_output=True,
+                              text=True, timeout=180)
+        assert sent.returncode == 0, sent.stderr
+        packet_id = uuid.UUID(sent.stdout.split("(packet ")[1].rstrip(")\n"))
+
+        daemons[b].start()
+        answered = wait_for(b, nats_url, lambda events: any(e.type == "thought" for e in events))
+        perception, thought = (e for e in answered if e.type in ("perception", "thought"))
+        assert perception.id == packet_id and perception.prose == "the bridge opens at noon"
+        assert perception.vector.tobytes() == load_default_embedder().embed([perception.prose])[0].tobytes()
+        assert perception.data["source"] == f"agent:{a}" and str(perception.originator_id) == f"agent:{a}"
+        assert thought.causation_id == perception.id and str(thought.originator_id) == f"agent:{a}"
+
+        # b answers through its running daemon; a's daemon takes it in when it starts.
+        replied = subprocess.run([*SOUL, "message", a, "noted: noon"], env={**env[b], "SOUL_MODEL": "/no/such/model"},
+                                 capture_output=True, text=True, timeout=180)
+        assert replied.returncode == 0, replied.stderr
+        daemons[a].start()
+        got = wait_for(a, nats_url, lambda events: any(e.type == "perception" for e in events))
+        [call, result] = [e for e in got if e.type in ("tool_call", "tool_result")]
+        assert call.data["tool"] == "message" and result.data["outcome"] == "ok" and str(packet_id) in result.prose
+        [reply] = [e for e in got if e.type == "perception"]
+        assert reply.prose == "noted: noon" and reply.data["sender"] == b
+    finally:
+        for started in daemons.values():
+            started.stop_all()
+        for name in (a, b):
+            drop_schema(pg_url, name)
+
+
+def wait_for(app: str, nats_url: str, done: Callable[[list], bool], timeout: float = 120) -> list:
+    """The events of `app`'s journal once `done(events)` holds."""
+    deadline = time.monotonic() + timeout
+    with Journal(app, {"SOUL_NATS_URL": nats_url}) as journal:
+        while not done(events := [e.event for e in journal.read()]):
+            assert time.monotonic() < deadline, [(e.type, e.prose[:40]) for e in events]
+            time.sleep(0.2)
+    return events
