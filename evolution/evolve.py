@@ -89,6 +89,7 @@ def evolve(journal: Journal, home: Path, base: Base | None, config: EvolutionCon
     with store.lock():
         store.clear_staging()
         promoted = chain(lineage(journal))
+        same_base(base, promoted)
         reconcile(store, promoted)
         curation = next_curation(journal, config)
         return make_generation(journal, store, base, config, current_epoch(journal), curation, promoted, progress)
@@ -157,6 +158,13 @@ def make_generation(journal: Journal, store: GenerationStore, base: Base, config
            {"generation": number, "epoch": epoch, "root_sha256": seal.root_sha256})
     store.promote(f"gen-{number}", seal.root_sha256)
     return Outcome(number, "promoted", summary(curation), run, None, seal.root_sha256, cached, figures)
+
+
+def same_base(base: Base, promoted: list[Generation]) -> None:
+    """Refuse to grow a lineage from another W0 than the one it grew from."""
+    if promoted and promoted[0].seal["base_root"] != base.root_sha256:
+        raise EvolveError(f"the lineage grew from a W0 with root {promoted[0].seal['base_root'][:12]}, but "
+                          f"{base.path} has root {base.root_sha256[:12]}; evolve with the same --model")
 
 
 def guard(config: EvolutionConfig, drift: float, tensor: str, perplexity: dict[str, float]) -> str | None:
@@ -323,7 +331,11 @@ def rebuild(journal: Journal, home: Path, base: Base, config: EvolutionConfig | 
         old = chain(lineage(journal))
         if not old:
             raise EvolveError("there is no generation to rebuild yet; `soul evolve` makes gen-1")
-        epoch, redacted = current_epoch(journal) + 1, redacted_ids(journal)
+        same_base(base, old)
+        redacted = redacted_ids(journal)
+        if config is None and all(_unchanged(journal, was, redacted) for was in old):
+            return [Change(was.name, was.name, False, "unchanged") for was in old]  # no new epoch needed
+        epoch = current_epoch(journal) + 1
         changes: list[Change] = []
         promoted: list[Generation] = []
         unchanged = True
@@ -350,6 +362,12 @@ def rebuild(journal: Journal, home: Path, base: Base, config: EvolutionConfig | 
         else:
             store.promote(None)
         return changes
+
+
+def _unchanged(journal: Journal, was: Generation, redacted: set[str]) -> bool:
+    again = curate(journal, generation=was.number, after_seq=was.after_seq, cut=was.cut,
+                   config=EvolutionConfig(**was.curation["config"]), redacted=redacted)
+    return list(again.event_ids) == was.event_ids
 
 
 def carry_over(journal: Journal, was: Generation, epoch: int) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from evolution.evolve import adapters_root, evolve, rebuild
-from evolution.lineage import active, chain, lineage, runs
+from evolution.evolve import EvolveError, adapters_root, evolve, rebuild
+from evolution.lineage import active, chain, events, lineage, runs
 from evolution.replay import replay
 from evolution.store import GenerationStore
 from evolution.ties import model_hashes, root_hash
@@ -79,6 +79,9 @@ def test_forgetting_then_rebuilding_leaves_the_event_out_and_names_the_changes(
     base, first, second = two_generations
     app = journal.factory.env.name
     old = chain(lineage(journal))
+    before = len(events(journal))
+    assert [(c.was, c.changed) for c in rebuild(journal, soul_home, base)] == [("gen-1", False), ("gen-2", False)]
+    assert len(events(journal)) == before  # nothing redacted that they learnt from: no new epoch
     forgotten = second[0]
     journal.add(BifocalEvent("redaction", "forget", [], NO_EMBEDDER, "redactions", data={"event": str(forgotten.id)}))
 
@@ -104,6 +107,15 @@ def test_forgetting_then_rebuilding_leaves_the_event_out_and_names_the_changes(
     assert changes[1].why == "its parent or config changed"
     for generation in lineage(journal):
         assert not {str(forgotten.id), str(first[1].id)} & set(generation.event_ids)
+
+
+def test_a_lineage_grows_from_one_base_only(journal: Journal, soul_home: Path, tmp_path: Path,
+                                            two_generations) -> None:
+    other = tiny_base(tmp_path / "other", seed=1)
+    journal_moments(journal, 1, topic="clouds")
+    for grow in (lambda: evolve(journal, soul_home, other, CONFIG), lambda: rebuild(journal, soul_home, other)):
+        with pytest.raises(EvolveError, match="evolve with the same --model"):
+            grow()
 
 
 def test_forgetting_every_moment_leaves_the_base_active(journal: Journal, soul_home: Path, tmp_path: Path) -> None:
