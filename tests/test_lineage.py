@@ -3,15 +3,18 @@ generation end to end (evolution/lineage.py, store.py, evolve.py) on a tiny seed
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from evolution.cadence import DEFAULT_EVERY, due, parse_every, run_scheduled
+from evolution.cadence import DEFAULT_EVERY, UNITS, due, parse_every, run_scheduled
 from evolution.evolve import evolve, guard
-from evolution.lineage import LineageError, active, chain, find, lineage, resolve
+from evolution.lineage import LineageError, active, chain, find, lineage, parse_name, resolve
 from evolution.store import GenerationStore
 from evolution.ties import model_hashes, root_hash
 from evolution_support import CONFIG, journal_moments, tiny_base
@@ -119,6 +122,22 @@ def test_cadence_evolves_once_a_period_and_journals_nothing_to_curate(
     assert not due(journal, later + timedelta(days=6)) and due(journal, later + DEFAULT_EVERY)
     hourly = run_scheduled(journal, soul_home, later + timedelta(hours=1), timedelta(hours=1), CONFIG, base.path)
     assert hourly.status == "promoted" and hourly.generation == 1
+
+
+@given(st.integers(1, 10_000), st.sampled_from(sorted(UNITS)))
+def test_parse_every_reads_any_whole_period(count: int, unit: str) -> None:
+    assert parse_every(f"{count}{unit}") == timedelta(**{UNITS[unit]: count})
+
+
+@given(st.integers(1, 10**9))
+def test_generation_names_round_trip(number: int) -> None:
+    assert parse_name(f"gen-{number}") == parse_name(str(number)) == number
+
+
+@given(st.text(max_size=12).filter(lambda t: re.fullmatch(r"\s*(gen-)?[1-9][0-9]*\s*", t) is None))
+def test_anything_else_is_not_a_generation(text: str) -> None:
+    with pytest.raises(LineageError, match="is not a generation"):
+        parse_name(text)
 
 
 @pytest.mark.parametrize("text, period", [("30m", timedelta(minutes=30)), ("12h", timedelta(hours=12)),
