@@ -41,6 +41,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg import sql
 
@@ -150,6 +151,8 @@ class Memory(Projection):
                 if judge not in judges or judges[judge][1] < judged_at:
                     judges[judge] = [score, judged_at]
             combined = combine({judge: score for judge, (score, _) in judges.items()})
+            if combined is not None:  # as the real column holds it: a denormal double would underflow in Postgres
+                combined = float(np.float32(combined))
             updates.append((seq, json.dumps(judges, sort_keys=True), combined, max(at for _, at in judges.values())))
         seqs, judges_json, scores, newest = zip(*updates)
         cur.execute(sql.SQL(
