@@ -235,28 +235,31 @@ class Daemon:
             log.info("stopping: the answer in %s is left pending for the next start", conversation)
 
     def _turn(self, soul: Any, connection: Any, msg: Any) -> None:
-        def reply(part: str, data: bytes = b"") -> None:
-            connection.run(connection.nc.publish(msg.reply, data, headers={PART: part}))
+        def reply(part: str, data: bytes = b"") -> Any:
+            """Publish on the loop thread without waiting (a token must not wait for the network);
+            publishes run in the order they were asked for, so waiting for the last waits for all."""
+            return asyncio.run_coroutine_threadsafe(connection.nc.publish(msg.reply, data, headers={PART: part}),
+                                                    connection.loop)
 
         try:
             request = orjson.loads(msg.data)
             prose = request["prose"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            reply("error", b"the request is not a turn: send JSON with prose, source and conversation")
+            reply("error", b"the request is not a turn: send JSON with prose, source and conversation").result()
             return
         try:
             result = soul.turn(prose, source=request.get("source") or "user", conversation=request.get("conversation"),
                                on_token=self._checked(lambda text: reply("token", text.encode())))
         except Abandoned:
-            reply("error", b"the daemon is stopping; your words are journaled and are answered when it starts again")
+            reply("error", b"the daemon is stopping; your words are journaled and are answered when it starts again").result()
             return
         except Exception as e:  # the soul goes on; the client gets the reason in one line
             log.exception("turn failed")
-            reply("error", one_line(e).encode())
+            reply("error", one_line(e).encode()).result()
             return
         log.info("turn in %s from %s: perception %s, thought %s", result.conversation, request.get("source") or "user",
                  result.perception_seq, result.thought_seq)
-        reply("done", orjson.dumps(result.as_dict()))
+        reply("done", orjson.dumps(result.as_dict())).result()
 
     def _refuse_queued(self, connection: Any) -> None:
         """Turns still queued at shutdown get an answer instead of silence."""
@@ -314,15 +317,19 @@ class DaemonClient:
             await nc.publish(self.subject, request, reply=inbox)
             return sub
 
-        async def next_reply(timeout: float) -> Any:
-            return await asyncio.wait_for(replies.get(), timeout)
+        async def next_replies(timeout: float) -> list[Any]:
+            """The replies that came, at least one: a fast stream costs one thread hop per batch."""
+            batch = [await asyncio.wait_for(replies.get(), timeout)]
+            while not replies.empty():
+                batch.append(replies.get_nowait())
+            return batch
 
         subscription = self.connection.run(start())
         try:
             accepted = False
             while True:
                 try:
-                    msg = self.connection.run(next_reply(1.0 if accepted else ACCEPT_TIMEOUT))
+                    batch = self.connection.run(next_replies(1.0 if accepted else ACCEPT_TIMEOUT))
                 except (TimeoutError, asyncio.TimeoutError):
                     if not accepted:
                         raise DaemonError(f"the soul daemon (pid {self.pid}) did not take the turn within "
@@ -331,19 +338,20 @@ class DaemonClient:
                         raise DaemonError(f"the soul daemon (pid {self.pid}) died during the turn; your words are "
                                           "journaled and are answered when it starts again") from None
                     continue
-                headers = msg.headers or {}
-                if headers.get("Status") == "503":
-                    raise DaemonError(f"the soul daemon (pid {self.pid}) does not serve turns on {self.subject}")
-                part = headers.get(PART)
-                if part == "accepted":
-                    accepted = True
-                elif part == "token":
-                    if on_token is not None:
-                        on_token(msg.data.decode())
-                elif part == "done":
-                    return turn_result(orjson.loads(msg.data))
-                elif part == "error":
-                    raise DaemonError(msg.data.decode())
+                for msg in batch:
+                    headers = msg.headers or {}
+                    if headers.get("Status") == "503":
+                        raise DaemonError(f"the soul daemon (pid {self.pid}) does not serve turns on {self.subject}")
+                    part = headers.get(PART)
+                    if part == "accepted":
+                        accepted = True
+                    elif part == "token":
+                        if on_token is not None:
+                            on_token(msg.data.decode())
+                    elif part == "done":
+                        return turn_result(orjson.loads(msg.data))
+                    elif part == "error":
+                        raise DaemonError(msg.data.decode())
         finally:
             self.connection.run(subscription.unsubscribe())
 

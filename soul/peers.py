@@ -169,15 +169,16 @@ def journal_once(journal: Journal, event: BifocalEvent) -> int | None:
     receipt_origin = f"packet:{event.id}"
     receipt = BifocalEvent("packet_received", f"packet {event.id} from {sender}", [], NO_EMBEDDER,
                            receipt_origin, causation_id=event.id, data={"packet": str(event.id), "sender": sender})
+    version = journal.next_version(origin)
     for _ in range(3):
-        last = journal.recorder.select_events(origin, desc=True, limit=1)
-        perception = replace(event, originator_version=last[0].originator_version + 1 if last else 1)
         try:
-            return journal.append([perception, receipt])[0]
+            return journal.append([replace(event, originator_version=version), receipt])[0]
         except IntegrityError:
             if journal.recorder.select_events(receipt_origin, limit=1):
                 return None
-            # else the conversation moved on under us (another writer): look again
+            # else the conversation moved on under us (another writer): ask where it ends now
+            last = journal.recorder.select_events(origin, desc=True, limit=1)
+            version = last[0].originator_version + 1 if last else 1
     raise IntegrityError(f"could not journal packet {event.id}: conversation {origin} keeps changing")
 
 
