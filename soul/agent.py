@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from psycopg import sql
 
+from journal.embedded import soul_home
 from journal.errors import one_line
 from journal.event import BifocalEvent
 from journal.journal import Entry, Journal
@@ -146,11 +147,21 @@ class Soul:
 
     @classmethod
     def open(cls, app: str, *, model_dir: Path | None = None, config: SoulConfig | None = None,
-             generation: str = "gen-0", as_of: int | None = None, mind: Mind | None = None) -> Soul:
-        """The soul named `app`: its journal, projections, embedder and mind (or `mind`)."""
+             generation: str | None = None, as_of: int | None = None, mind: Mind | None = None) -> Soul:
+        """The soul named `app`: its journal, projections, embedder and mind (or `mind`).
+
+        Without `model_dir` it thinks with the generation `soul evolve` promoted last, else with
+        the base weights W0 (the embedded model), named "gen-0". `generation` names the weights
+        in thought events: by default that generation's name, or "external" for a `model_dir`
+        outside the lineage. `as_of` makes it a past self: recall and retrievals see the journal
+        up to that seq."""
+        from evolution.lineage import active
         from soul.embedder import load_default_embedder  # loads MLX, as the mind does
         from soul.mind import Mind
 
+        if model_dir is None and mind is None and generation is None and (found := active(soul_home(), app)):
+            generation, model_dir = found
+        generation = generation or ("external" if model_dir is not None else "gen-0")
         config = config or SoulConfig()
         mind = mind or Mind(model_dir, temperature=config.temperature, seed=config.seed,
                             repetition_penalty=config.repetition_penalty)

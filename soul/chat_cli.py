@@ -16,6 +16,7 @@ from typing import Any
 import click
 import orjson
 
+from journal.embedded import soul_home
 from journal.journal import Journal
 from projections.memory import Memory
 from projections.runner import ProjectionRunner
@@ -29,6 +30,9 @@ SPEAKER = "soul> "
 model_option = click.option(
     "--model", type=click.Path(path_type=Path), envvar="SOUL_MODEL", metavar="DIR",
     help="An MLX model directory to think with (SOUL_MODEL). Default: the embedded SmolLM2-135M-Instruct.")
+as_option = click.option(
+    "--as", "as_generation", metavar="gen-N",
+    help="Talk to a past self: generation N's weights, remembering only the journal up to its cut.")
 conversation_option = click.option(
     "-c", "--conversation", default=DEFAULT_CONVERSATION, show_default=True, metavar="ID",
     help="Which conversation to continue (any name; each keeps its own window).")
@@ -41,22 +45,33 @@ def _app(ctx: click.Context) -> str:
 def mind_errors() -> tuple[type[Exception], ...]:
     """The mistakes a user can fix around the mind: a bad model or embedder, a window too small,
     a bad rating. Imported here, not at the top: they load MLX, which other commands do not need."""
+    from evolution.lineage import LineageError
+    from evolution.store import StoreError
     from soul.embedder import EmbedderError
     from soul.model import ModelError
 
-    return ModelError, EmbedderError, TurnError, RatingError
+    return ModelError, EmbedderError, TurnError, RatingError, LineageError, StoreError
 
 
 @contextmanager
-def open_soul(ctx: click.Context, model: Path | None) -> Iterator[Soul]:
+def open_soul(ctx: click.Context, model: Path | None, as_generation: str | None = None) -> Iterator[Soul]:
     """The soul to talk to: the running `soul daemon`'s if one serves this soul (its model
-    answers; soul/daemon.py), else one opened in this process. Model, embedder, window,
-    rating and daemon mistakes end in one line."""
+    answers; soul/daemon.py), else one opened in this process. `as_generation` ("gen-N") is
+    always opened here: that past self's weights, remembering the journal up to its cut. Model,
+    embedder, lineage, window, rating and daemon mistakes end in one line."""
     from soul.daemon import DaemonError, attach
 
     errors = (*mind_errors(), DaemonError)
     try:
-        with attach(_app(ctx)) or Soul.open(_app(ctx), model_dir=model) as soul:
+        if as_generation is not None:
+            from evolution.lineage import parse_name, resolve
+
+            with Journal(_app(ctx)) as journal:
+                folder, cut = resolve(journal, soul_home(), as_generation)
+            opened = Soul.open(_app(ctx), model_dir=folder, generation=f"gen-{parse_name(as_generation)}", as_of=cut)
+        else:
+            opened = attach(_app(ctx)) or Soul.open(_app(ctx), model_dir=model)
+        with opened as soul:
             yield soul
     except errors as e:
         raise click.ClickException(str(e)) from None
@@ -95,16 +110,18 @@ def show(result: TurnResult, streamed: bool) -> None:
 @click.argument("prose")
 @conversation_option
 @model_option
+@as_option
 @click.option("--json", "as_json", is_flag=True, help="Print the turn as one JSON object instead of streaming the reply.")
 @click.pass_context
-def say(ctx: click.Context, prose: str, conversation: str, model: Path | None, as_json: bool) -> None:
+def say(ctx: click.Context, prose: str, conversation: str, model: Path | None, as_generation: str | None,
+        as_json: bool) -> None:
     """Say PROSE to the soul and print its reply as it is generated (one turn).
 
     The perception, the thought, tool calls and resonance judgements are journaled; a
     chat command (`/help` lists them) runs its tool instead. The conversation goes on across
     invocations: each turn's window comes from the journal.
     """
-    with open_soul(ctx, model) as soul:
+    with open_soul(ctx, model, as_generation) as soul:
         if not as_json:
             answer_pending(soul, conversation)
         command = prose.startswith("/")
@@ -118,11 +135,12 @@ def say(ctx: click.Context, prose: str, conversation: str, model: Path | None, a
 @click.command()
 @conversation_option
 @model_option
+@as_option
 @click.pass_context
-def chat(ctx: click.Context, conversation: str, model: Path | None) -> None:
+def chat(ctx: click.Context, conversation: str, model: Path | None, as_generation: str | None) -> None:
     """Talk with the soul: replies stream as they are generated; `/help` lists the commands.
     Ctrl-D (or Ctrl-C) leaves; the conversation stays in the journal for next time."""
-    with open_soul(ctx, model) as soul:
+    with open_soul(ctx, model, as_generation) as soul:
         click.echo(f"soul {soul.app}, conversation {conversation!r}, thinking with {soul.mind.model_id}; "
                    "/help for commands, Ctrl-D to leave", err=True)
         answer_pending(soul, conversation)

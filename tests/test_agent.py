@@ -71,7 +71,7 @@ def test_a_turn_journals_perception_thought_and_judgement(opened: Any) -> None:
     assert thought.causation_id == perception.id and thought.correlation_id == perception.id
     assert thought.vector.tobytes() == soul.embedder.embed([result.reply])[0].tobytes()
     data = thought.data
-    assert data["model"] == soul.mind.model_id and data["generation"] == "gen-0"
+    assert data["model"] == soul.mind.model_id and data["generation"] == "external"  # a model outside the lineage
     assert len(data["fingerprint"]) == 64 and data["prompt_tokens"] == result.generation.prompt_tokens
     assert data["generated_tokens"] == result.generation.generated_tokens and data["first_token_s"] > 0
     assert judged.data["event"] == str(thought.id) and judged.data["judge"] == "self"

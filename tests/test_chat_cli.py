@@ -12,8 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner, Result
 
+from evolution.lineage import chain, lineage
+from evolution_support import CONFIG as EVOLUTION
+from evolution_support import journal_moments
+from journal.event import NO_EMBEDDER, BifocalEvent
 from journal.journal import Journal
 from soul.agent import HELP, Soul
 from soul.cli import main
@@ -131,3 +136,32 @@ def test_say_twice_on_the_embedded_smollm2(nats_url: str, pg_url: str, app: str)
     assert [t.prose.strip() for t in thoughts] == replies and thoughts[0].data["model"] == MODEL_ID
     # The second turn's window held the first exchange.
     assert thoughts[1].data["prompt_tokens"] > thoughts[0].data["prompt_tokens"] + 10
+
+
+def test_the_promoted_generation_thinks_and_a_past_self_answers_as_of_its_cut(
+        journal: Journal, soul_home: Path, tmp_path: Path) -> None:
+    app = journal.factory.env.name
+    base = build_tiny_model(tmp_path / "w0")
+    journal_moments(journal, 3)
+    config = tmp_path / "evolution.yaml"
+    values = EVOLUTION.as_dict()
+    values["lambda"] = values.pop("lam")
+    config.write_text(yaml.safe_dump(values))
+    evolved = CliRunner().invoke(main, ["--app", app, "evolve", "--config", str(config)], env={"SOUL_MODEL": str(base)})
+    assert evolved.exit_code == 0, evolved.output
+    gen1 = chain(lineage(journal))[0]
+    journal.add(BifocalEvent("perception", "the tide tables changed after gen-1", [], NO_EMBEDDER, "later"))
+
+    current = json.loads(soul(app, "say", "Hello", "--json").stdout)  # no --model: the promoted generation
+    with Journal(app) as reader:
+        thought = next(reader.read(since=current["thought_seq"], limit=1)).event
+    assert thought.data["generation"] == "gen-1" and thought.data["model"].endswith(f"@{gen1.root_sha256[:12]}")
+    assert "tide tables" in soul(app, "say", "/recall tide tables").stdout
+
+    past = soul(app, "say", "/recall tide tables", "--as", "gen-1")
+    assert past.exit_code == 0 and past.stdout == "nothing recalled for 'tide tables'\n"  # journaled after gen-1's cut
+    answered = json.loads(soul(app, "say", "Who are you?", "--as", "gen-1", "--json").stdout)
+    with Journal(app) as reader:
+        assert next(reader.read(since=answered["thought_seq"], limit=1)).event.data["generation"] == "gen-1"
+    unknown = soul(app, "say", "hi", "--as", "gen-7")
+    assert unknown.exit_code == 1 and unknown.stderr.startswith("Error: no generation gen-7 in the lineage")
