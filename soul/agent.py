@@ -63,8 +63,6 @@ DEFAULT_CONVERSATION = "main"
 DEFAULT_SELF = ("I am soul, a small local agent. I remember what I perceive and think, "
                 "answer briefly and honestly, and say when I do not know.")
 RESULT_CHARS = 16_000  # a tool result is cut to this many characters before it is journaled
-HELP = ("commands: /recall QUERY, /mount CORPUS, /unmount, /self TEXT, /notebook TEXT, "
-        "/rate SCORE [EVENT], /help")
 
 
 class TurnError(RuntimeError):
@@ -108,6 +106,12 @@ class TurnResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def help_line() -> str:
+    """One line naming every chat command: each registered tool with its parameters, /rate, /help."""
+    tools = [f"/{t.name}" + "".join(f" {p.upper()}" for p in t.parameters.get("properties", {})) for t in TOOLS.values()]
+    return "commands: " + ", ".join([*tools, "/rate SCORE [EVENT]", "/help"])
 
 
 def messages_of(context: Context, self_default: str) -> list[dict[str, str]]:
@@ -346,12 +350,12 @@ class Soul:
         conversation = conversation or self.conversation
         name, _, rest = line[1:].partition(" ")
         if name == "help":
-            return TurnResult(conversation, None, None, HELP)
+            return TurnResult(conversation, None, None, help_line())
         if name == "rate":
             return self._rate_command(rest.split(), conversation)
         tool = TOOLS.get(name)
         if tool is None:
-            return TurnResult(conversation, None, None, f"unknown command /{name}; {HELP}")
+            return TurnResult(conversation, None, None, f"unknown command /{name}; {help_line()}")
         self.catch_up()  # tools read the projections
         outcome = self.call_tool(name, tool.arguments(rest), conversation)
         return TurnResult(conversation, None, None, outcome.text if outcome.ok else f"error: {outcome.text}",

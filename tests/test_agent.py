@@ -10,15 +10,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
+import numpy as np
 import pytest
 from psycopg import sql
+from tokenizers import pre_tokenizers
 
 from projections.memory import Memory
-from soul.agent import DEFAULT_SELF, HELP, Soul, SoulConfig
+from soul.agent import DEFAULT_SELF, Soul, SoulConfig, help_line
 from soul.resonance import combine
 from soul.tools import TOOLS, Tool, register, text_parameter
 from support import drop_schema
-from tiny_model import build_tiny_model
+from soul.model import byte_level_bpe, write_config, write_tokenizer
+from tiny_model import CHAT_TEMPLATE, SPECIAL, build_tiny_model, tiny_config, tiny_weights
 
 CONFIG = SoulConfig(max_tokens=12)
 
@@ -34,6 +38,42 @@ def roomy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = build_tiny_model(tmp_path_factory.mktemp("roomy"), seed=3)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 2048}))
+    return folder
+
+
+CALL = '{"name": "recall", "arguments": {"query": "lighthouse keeper"}}'
+
+
+@pytest.fixture(scope="module")
+def caller(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model that answers every prompt with one tool call, in the json_tools syntax mlx_lm
+    infers from its chat template. Its layers add nothing (the attention and MLP output
+    projections are zero), so the next token depends on the current one alone, and its lm_head
+    maps the prompt's last token, the newline, to <tool_call>, then the call, </tool_call>, <|im_end|>."""
+    folder = tmp_path_factory.mktemp("caller")
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+
+    def piece(text: str) -> str:  # text as byte-level BPE vocabularies hold it
+        return byte_level.pre_tokenize_str(text)[0][0]
+
+    pieces = ["<tool_call>", piece(CALL), "</tool_call>"]
+    tokens = SPECIAL + sorted(pre_tokenizers.ByteLevel.alphabet()) + pieces
+    config = {**tiny_config(len(tokens)), "tie_word_embeddings": False, "max_position_embeddings": 2048}
+    weights = tiny_weights(config, seed=5)
+    for name in weights:
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            weights[name] = mx.zeros_like(weights[name])
+    chain = [tokens.index(piece("\n")), *(tokens.index(p) for p in pieces), SPECIAL.index("<|im_end|>")]
+    embed, head = np.array(weights["model.embed_tokens.weight"]), np.array(weights["lm_head.weight"])
+    for i, (current, following) in enumerate(zip(chain, chain[1:])):
+        embed[current] = np.eye(config["hidden_size"])[i]
+        head[following] = 10 * np.eye(config["hidden_size"])[i]
+    weights["model.embed_tokens.weight"], weights["lm_head.weight"] = mx.array(embed), mx.array(head)
+    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
+    write_config(folder, config)
+    write_tokenizer(folder, byte_level_bpe(tokens, [], SPECIAL), CHAT_TEMPLATE + "{# <tool_call> tool_call.name #}",
+                    bos="<|im_start|>", eos="<|im_end|>", pad="<|im_end|>", unk="<|endoftext|>",
+                    max_length=config["max_position_embeddings"])
     return folder
 
 
@@ -158,8 +198,8 @@ def test_chat_commands_reach_the_tools(opened: Any) -> None:
     soul = opened()
     soul.turn("The lighthouse keeper is called Ada.")
     before = soul.journal.last_seq()
-    assert soul.turn("/help").reply == HELP
-    assert soul.turn("/frobnicate now").reply == f"unknown command /frobnicate; {HELP}"
+    assert soul.turn("/help").reply == help_line() and "/recall QUERY, /mount CORPUS, /unmount, /self TEXT" in help_line()
+    assert soul.turn("/frobnicate now").reply == f"unknown command /frobnicate; {help_line()}"
     assert soul.journal.last_seq() == before  # help and unknown commands journal nothing
 
     recalled = soul.turn("/recall lighthouse keeper")
@@ -239,3 +279,21 @@ def test_a_past_self_recalls_only_what_it_knew(opened: Any, app_name: str) -> No
     assert "Cormorant" not in past.turn("/recall Cormorant ship").reply
     assert "Cormorant" in soul.turn("/recall Cormorant ship").reply
 
+
+
+def test_a_model_that_calls_tools_sees_their_results_in_its_next_thought(opened: Any, caller: Path) -> None:
+    soul = opened(model_dir=caller, config=SoulConfig(max_tokens=8, tool_rounds=1, self_judge=False))
+    assert soul.mind.tokenizer.has_tool_calling
+    soul.perceive("The lighthouse keeper is called Ada.")
+    result = soul.turn("Who keeps the light?")
+    steps = [e for e in events(soul) if e.type in ("thought", "tool_call", "tool_result")]
+    assert [e.type for e in steps] == ["thought", "tool_call", "tool_result"] * 2
+    first, call, outcome, second, _, _ = steps
+    assert first.prose == f"<tool_call>{CALL}</tool_call>"
+    assert call.data == {"tool": "recall", "arguments": {"query": "lighthouse keeper"}} and call.causation_id == first.id
+    assert outcome.data["outcome"] == "ok" and "Ada" in outcome.prose and outcome.causation_id == call.id
+    assert second.causation_id == first.id and second.data["prompt_tokens"] > first.data["prompt_tokens"]
+    assert result.thought_seq == soul.journal.last_seq() - 2 and len(result.tool_seqs) == 4
+    # The second thought's window held the first round's result.
+    _, messages = soul.window("main", None)
+    assert any(m["content"].startswith("(tool result) [") and "Ada" in m["content"] for m in messages)

@@ -20,7 +20,7 @@ from evolution_support import CONFIG as EVOLUTION
 from evolution_support import journal_moments
 from journal.event import NO_EMBEDDER, BifocalEvent
 from journal.journal import Journal
-from soul.agent import HELP, Soul
+from soul.agent import Soul, help_line
 from soul.cli import main
 from soul.model import MODEL_ID
 from support import drop_schema
@@ -62,9 +62,9 @@ def test_say_streams_the_reply_and_json_describes_the_turn(app: str, tiny: Path)
 
 def test_commands_unknown_ones_and_help(app: str, tiny: Path) -> None:
     helped = soul(app, "say", "/help", "--model", str(tiny))
-    assert helped.exit_code == 0 and helped.stdout == HELP + "\n"
+    assert helped.exit_code == 0 and helped.stdout == help_line() + "\n"
     unknown = soul(app, "say", "/launch rockets", "--model", str(tiny))
-    assert unknown.exit_code == 0 and unknown.stdout == f"unknown command /launch; {HELP}\n"
+    assert unknown.exit_code == 0 and unknown.stdout == f"unknown command /launch; {help_line()}\n"
     assert journaled(app) == []
     noted = soul(app, "say", "/notebook buy lamp oil", "--model", str(tiny))
     assert noted.stdout == "notebook rewritten\n" and journaled(app) == ["tool_call", "notebook_written", "tool_result"]
@@ -101,7 +101,7 @@ def test_a_bad_model_directory_is_one_line(app: str, tiny: Path, tmp_path: Path)
 def test_chat_answers_lines_until_end_of_input(app: str, tiny: Path) -> None:
     chatted = soul(app, "chat", "--model", str(tiny), stdin="Good evening\n\n/help\nAnother line\n")
     assert chatted.exit_code == 0, chatted.output
-    assert chatted.stdout.count("soul> ") == 2 and HELP in chatted.stdout
+    assert chatted.stdout.count("soul> ") == 2 and help_line() in chatted.stdout
     assert chatted.stderr.rstrip().endswith("bye")
     assert journaled(app).count("thought") == 2
 
