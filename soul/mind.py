@@ -91,18 +91,22 @@ class Mind:
         if self.temperature:
             mx.random.seed(self.seed)
         text, generated, first, speed, finish = [], [], 0.0, 0.0, "stop"
-        for response in stream_generate(
-                self.model, self.tokenizer, mx.array(prompt[reused:]), max_tokens=max_tokens,
-                sampler=make_sampler(self.temperature), logits_processors=self.logits_processors,
-                prompt_cache=self.cache, prefill_step_size=PREFILL_STEP):
-            if not generated:
-                first = time.perf_counter() - start
-            generated.append(response.token)
-            speed, finish = response.generation_tps, response.finish_reason or finish
-            if response.text:
-                text.append(response.text)
-                if on_token is not None:
-                    on_token(response.text)
+        try:
+            for response in stream_generate(
+                    self.model, self.tokenizer, mx.array(prompt[reused:]), max_tokens=max_tokens,
+                    sampler=make_sampler(self.temperature), logits_processors=self.logits_processors,
+                    prompt_cache=self.cache, prefill_step_size=PREFILL_STEP):
+                if not generated:
+                    first = time.perf_counter() - start
+                generated.append(response.token)
+                speed, finish = response.generation_tps, response.finish_reason or finish
+                if response.text:
+                    text.append(response.text)
+                    if on_token is not None:
+                        on_token(response.text)
+        except BaseException:  # interrupted (Ctrl-C, a reader gone): what the cache holds is unknown
+            self.forget()
+            raise
         self._held(prompt + generated)
         return Generation("".join(text), len(prompt), len(generated), first, speed, reused, finish)
 
@@ -112,11 +116,15 @@ class Mind:
         prompt = self.encode(messages)
         reused = self._reuse(prompt)
         rest = mx.array(prompt[reused:])
-        while len(rest) > PREFILL_STEP + 1:
-            self.model(rest[None, :PREFILL_STEP], cache=self.cache)
-            mx.eval([c.state for c in self.cache])
-            rest = rest[PREFILL_STEP:]
-        logits = self.model(rest[None], cache=self.cache)[0, -1].astype(mx.float32)
+        try:
+            while len(rest) > PREFILL_STEP + 1:
+                self.model(rest[None, :PREFILL_STEP], cache=self.cache)
+                mx.eval([c.state for c in self.cache])
+                rest = rest[PREFILL_STEP:]
+            logits = self.model(rest[None], cache=self.cache)[0, -1].astype(mx.float32)
+        except BaseException:
+            self.forget()
+            raise
         self._held(prompt)
         logprobs = logits - mx.logsumexp(logits)
 

@@ -55,6 +55,18 @@ def test_a_changed_beginning_rebuilds_from_the_common_prefix(tiny: Path) -> None
     assert changed.text == Mind(tiny).generate(other, max_tokens=8).text
 
 
+def test_a_generation_interrupted_midway_leaves_no_stale_cache(tiny: Path) -> None:
+    mind = Mind(tiny)
+
+    def reader_gone(text: str) -> None:
+        raise BrokenPipeError("the reader left")
+
+    with pytest.raises(BrokenPipeError):
+        mind.generate(FIRST, max_tokens=16, on_token=reader_gone)
+    again = mind.generate(FIRST, max_tokens=16)
+    assert again.reused_tokens == 0 and again.text == Mind(tiny).generate(FIRST, max_tokens=16).text
+
+
 def test_seeded_sampling_is_deterministic(tiny: Path) -> None:
     texts = [Mind(tiny, temperature=1.0, seed=seed).generate(FIRST, max_tokens=24).text for seed in (7, 7, 8)]
     assert texts[0] == texts[1] != texts[2]
