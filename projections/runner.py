@@ -59,6 +59,11 @@ class _Swapped(Exception):
     """The table this runner was filling was swapped out by a rebuild in another process."""
 
 
+def _storable(value: object) -> str:
+    """`value` as Postgres text, which cannot hold NUL: a foreign message may carry one anywhere."""
+    return str(value).replace("\x00", "\\x00")
+
+
 def _pages(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
     page: list[Entry] = []
     for entry in entries:
@@ -155,7 +160,7 @@ class ProjectionRunner:
             log.warning("projection %s: journal entry %d is a dead letter: %s", self.projection.name, e.seq, reason)
         if dead:
             cur.executemany(sql.SQL("INSERT INTO {} VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING").format(
-                self._id("_dead_letters")), [(table, e.seq, str(e.originator_id), e.topic, r) for e, r in dead])
+                self._id("_dead_letters")), [(table, e.seq, *map(_storable, (e.originator_id, e.topic, r))) for e, r in dead])
         cur.execute(sql.SQL("UPDATE {} SET position = %s WHERE table_name = %s").format(self._id("_tracking")),
                     [fresh[-1].seq, table])
         return fresh[-1].seq

@@ -5,21 +5,24 @@ from __future__ import annotations
 import asyncio
 
 import nats
+from nats.js.api import PubAck
 from psycopg import sql
 
 from projections.base import schema_for
 from projections.postgres import connect
 
 
-def publish_raw(url: str, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
-    """Publish onto the journal's subjects as a foreign tool would, bypassing soul."""
+def publish_raw(url: str, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> PubAck:
+    """Publish onto the journal's subjects as a foreign tool would, bypassing soul; the server's ack."""
 
-    async def go() -> None:
+    async def go() -> PubAck:
         nc = await nats.connect(url)
-        await nc.jetstream().publish(subject, payload, headers=headers)
-        await nc.close()
+        try:
+            return await nc.jetstream().publish(subject, payload, headers=headers)
+        finally:
+            await nc.close()
 
-    asyncio.run(go())
+    return asyncio.run(go())
 
 
 def drop_schema(pg_url: str, app: str) -> None:
