@@ -61,6 +61,10 @@ class GenerationStore:
 
     def keep(self, made: Path, seal: MergeSeal) -> Path:
         """Move a merged generation from staging into weights/ once its files hash to `seal`."""
+        target = self.weights_path(seal.root_sha256)
+        if self.weights(seal.root_sha256) is not None:  # the same bytes were kept before
+            shutil.rmtree(made)
+            return target
         found = model_hashes(made)
         if found != seal.tensor_sha256:
             differ = sorted(n for n in found.keys() | seal.tensor_sha256.keys()
@@ -70,11 +74,7 @@ class GenerationStore:
         for path in made.iterdir():  # on disk before the folder is named complete
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-        target = self.weights_path(seal.root_sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if self.weights(seal.root_sha256) is not None:  # the same bytes were made before
-            shutil.rmtree(made)
-            return target
         shutil.rmtree(target, ignore_errors=True)  # a folder without a seal never was complete
         os.rename(made, target)
         return target

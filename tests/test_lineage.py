@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 from evolution.cadence import DEFAULT_EVERY, UNITS, due, parse_every, run_scheduled
 from evolution.evolve import evolve, guard
 from evolution.lineage import LineageError, active, chain, find, lineage, parse_name, resolve
-from evolution.store import GenerationStore
-from evolution.ties import model_hashes, root_hash
+from evolution.store import GenerationStore, StoreError
+from evolution.ties import MergeSeal, model_hashes, root_hash
 from evolution_support import CONFIG, journal_moments, tiny_base
 from journal.journal import Journal
+from tiny_model import build_tiny_model
 
 
 def test_two_generations_end_to_end(journal: Journal, soul_home: Path, tmp_path: Path) -> None:
@@ -150,3 +151,26 @@ def test_parse_every(text: str, period: timedelta) -> None:
 def test_parse_every_refuses_what_is_not_a_period(text: str) -> None:
     with pytest.raises(ValueError, match="is not a period"):
         parse_every(text)
+
+
+def test_the_store_keeps_only_what_hashes_to_its_seal(tmp_path: Path) -> None:
+    store = GenerationStore(tmp_path / "home", "app")
+    made = build_tiny_model(store.staging_dir())
+    hashes = model_hashes(made)
+    wrong = {**hashes, "model.norm.weight": "0" * 64}
+    with pytest.raises(StoreError, match="does not hash to its seal \\(1 tensors differ, e.g. model.norm.weight\\)"):
+        store.keep(made, MergeSeal(wrong, root_hash(wrong), {}))
+    assert store.weights(root_hash(wrong)) is None
+    kept = store.keep(made, MergeSeal(hashes, root_hash(hashes), {}))
+    assert store.verify(root_hash(hashes)) == kept
+    store.promote("gen-1", root_hash(hashes))
+    assert store.active() == ("gen-1", kept)
+    with open(kept / "model.safetensors", "r+b") as f:  # a bit flipped on disk afterwards
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    with pytest.raises(StoreError, match="no longer hashes to its seal"):
+        store.verify(root_hash(hashes))
+    store.promote(None)
+    assert store.active() is None
