@@ -333,7 +333,7 @@ class DaemonClient:
                 except (TimeoutError, asyncio.TimeoutError):
                     if not accepted:
                         raise DaemonError(f"the soul daemon (pid {self.pid}) did not take the turn within "
-                                          f"{ACCEPT_TIMEOUT:g}s; is it stuck? (`soul daemon status`)") from None
+                                          f"{ACCEPT_TIMEOUT:g}s; is it stuck? (`soul daemon --status`)") from None
                     if not process_alive(self.pid):
                         raise DaemonError(f"the soul daemon (pid {self.pid}) died during the turn; your words are "
                                           "journaled and are answered when it starts again") from None

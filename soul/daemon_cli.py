@@ -1,4 +1,4 @@
-"""`soul daemon`: run the soul as a long-lived process (`soul daemon status|stop`);
+"""`soul daemon`: run the soul as a long-lived process (`--status`, `--stop`);
 `soul message`: say something to another soul."""
 
 from __future__ import annotations
@@ -17,17 +17,29 @@ from soul.chat_cli import mind_errors, model_option, open_soul
 from soul.daemon import Daemon, DaemonError, running
 
 
-@click.group(invoke_without_command=True)
+@click.command()
 @model_option
+@click.option("--status", "show_status", is_flag=True, help="Only say whether a daemon runs for SOUL_HOME, its pid, soul and model.")
+@click.option("--stop", "stop_it", is_flag=True, help="Only stop the running daemon (SIGTERM; SIGKILL after --timeout).")
+@click.option("--timeout", default=60.0, show_default=True, help="With --stop: seconds to wait before killing it.")
+@click.option("--json", "as_json", is_flag=True, help="With --status: print the state as one JSON object.")
 @click.pass_context
-def daemon(ctx: click.Context, model: Path | None) -> None:
-    """Run the soul: serve `soul say` and `soul chat` over NATS, take in messages from other
-    souls, answer what a crash left unanswered. One daemon per SOUL_HOME; stop it with
-    SIGTERM, Ctrl-C or `soul daemon stop`. Logs go to stderr."""
-    if ctx.invoked_subcommand is not None:
-        return
+def daemon(ctx: click.Context, model: Path | None, show_status: bool, stop_it: bool, timeout: float,
+           as_json: bool) -> None:
+    """Run the soul: serve `soul say`, `soul chat` and `soul mcp serve`'s questions over NATS,
+    take in messages from other souls, answer what a crash left unanswered. One daemon per
+    SOUL_HOME; SIGTERM, Ctrl-C or `soul daemon --stop` stop it cleanly. Logs go to stderr."""
+    home = soul_home()
+    if show_status:
+        status(home, as_json)
+    elif stop_it:
+        stop(home, timeout)
+    else:
+        serve(ctx.obj["app"], home, model)
+
+
+def serve(app: str, home: Path, model: Path | None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    app, home = ctx.obj["app"], soul_home()
 
     def ready(subject: str) -> None:
         click.echo(f"soul daemon serving {app} from {home} on {subject}", err=True)
@@ -39,11 +51,7 @@ def daemon(ctx: click.Context, model: Path | None) -> None:
     click.echo("soul daemon stopped", err=True)
 
 
-@daemon.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the state as one JSON object.")
-def status(as_json: bool) -> None:
-    """Whether a daemon runs for SOUL_HOME, with its pid and the soul it serves."""
-    home = soul_home()
+def status(home: Path, as_json: bool) -> None:
     state = running(home)
     figures = {"home": str(home), "running": state is not None, **(state or {})}
     if as_json:
@@ -51,17 +59,14 @@ def status(as_json: bool) -> None:
     elif state is None:
         click.echo(f"no soul daemon runs for {home}")
     else:
-        click.echo(f"soul daemon pid {state.get('pid', '?')} serving {state.get('app', '(starting)')} from {home}")
+        click.echo(f"soul daemon pid {state.get('pid', '?')} serving {state.get('app', '(starting)')} "
+                   f"with {state.get('model', '?')} from {home}")
 
 
-@daemon.command()
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait before killing it.")
-def stop(timeout: float) -> None:
-    """Stop the daemon of SOUL_HOME (SIGTERM; SIGKILL after --timeout seconds)."""
-    state = running(soul_home())
-    pid = (state or {}).get("pid")
+def stop(home: Path, timeout: float) -> None:
+    pid = (running(home) or {}).get("pid")
     if not pid or not process_alive(pid):
-        raise click.ClickException(f"no soul daemon runs for {soul_home()}")
+        raise click.ClickException(f"no soul daemon runs for {home}")
     stop_process(pid, signal.SIGTERM, signal.SIGKILL, timeout)
     click.echo(f"stopped soul daemon pid {pid}", err=True)
 

@@ -100,7 +100,13 @@ def test_one_daemon_per_home_a_stale_lock_is_taken_over_and_sigterm_releases_it(
     assert first.wait(timeout=60) == 0, log_of(first)
     assert running(soul_home) is None and "soul daemon stopped" in log_of(first)
     third = daemons.start()  # the lock is free again
-    assert running(soul_home)["pid"] == third.pid
+    shown = json.loads(soul(daemons.env, "daemon", "--status", "--json").stdout)
+    assert shown["running"] and shown["pid"] == third.pid and shown["app"] == daemons.env["SOUL_APP"]
+    stopping = subprocess.Popen([*SOUL, "daemon", "--stop"], env=daemons.env, stderr=subprocess.PIPE, text=True)
+    assert third.wait(timeout=120) == 0  # reaped here, its parent: a zombie would look alive to --stop
+    assert stopping.wait(timeout=60) == 0 and stopping.stderr.read() == f"stopped soul daemon pid {third.pid}\n"
+    gone = soul(daemons.env, "daemon", "--stop")
+    assert gone.returncode == 1 and gone.stderr == f"Error: no soul daemon runs for {soul_home}\n"
 
 
 def test_say_and_message_attach_to_the_running_daemon(daemons: Daemons, app_name: str, nats_url: str) -> None:
