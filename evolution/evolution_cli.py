@@ -133,14 +133,14 @@ def _outcome_line(outcome) -> str:
     window = f"seq {c['window'][0] + 1}..{c['window'][1]}"
     moments = f"{c['events']} moments from {window}"
     if outcome.status == "dry run":
-        if not c["events"]:
-            return f"gen-{outcome.generation} would have nothing to curate in {window}"
+        if outcome.why:
+            return f"gen-{outcome.generation} would have nothing to curate in {window}: {outcome.why}"
         types = ", ".join(f"{n} {t}" for t, n in c["by_type"].items())
         return (f"gen-{outcome.generation} would learn {moments} ({types}); resonance min {c['min_resonance']:.3g} "
                 f"mean {c['mean_resonance']:.3g}; corpus {c['corpus'] or 'any'}, cluster "
                 f"{'any' if c['cluster'] is None else c['cluster']}; {c['redactions_honoured']} redactions honoured")
     if outcome.status == "nothing to curate":
-        return f"nothing to curate: {moments}, fewer than the config's min_events"
+        return f"nothing to curate in {window}: {outcome.why}"
     f = outcome.figures
     figures = (f"root {outcome.root_sha256[:12]}, adapter {'from the cache' if outcome.cached else 'trained'}, "
                f"largest drift {f['max_drift']:.4g}, anchor perplexity {f['perplexity']['after']:.4g} "

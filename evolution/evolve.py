@@ -84,7 +84,8 @@ def evolve(journal: Journal, home: Path, base: Base | None, config: EvolutionCon
     """Make the next generation from the moments journaled since the last one (`base` may be
     None for a dry run, which only curates)."""
     if dry_run or base is None:
-        return Outcome(len(chain(lineage(journal))) + 1, "dry run", summary(next_curation(journal, config)))
+        curation = next_curation(journal, config)
+        return Outcome(curation.generation, "dry run", summary(curation), why=shortfall(curation, config))
     store = GenerationStore(home, _app(journal))
     with store.lock():
         store.clear_staging()
@@ -107,16 +108,15 @@ def make_generation(journal: Journal, store: GenerationStore, base: Base, config
     """Seal `curation` as generation len(promoted)+1 of `epoch`, then train, merge, seal, guard
     and promote it (every step journaled with one run id)."""
     run, number = str(uuid.uuid4()), curation.generation
-    enough = len(curation.event_ids) >= config.min_events
-    outcome = "curated" if enough else "nothing to curate"
+    short = shortfall(curation, config)
     window = f"{curation.after_seq + 1}..{curation.cut}"
     record(journal, "curation_sealed",
            f"gen-{number}: {len(curation.event_ids)} moments curated from {window}"
-           + ("" if enough else f", fewer than min_events {config.min_events}: nothing to curate"),
-           run, {**curation.as_data(), "epoch": epoch, "outcome": outcome,
+           + (f"; nothing to curate: {short}" if short else ""),
+           run, {**curation.as_data(), "epoch": epoch, "outcome": "nothing to curate" if short else "curated",
                  "config": config.as_dict(), "config_digest": config.digest()})
-    if not enough:
-        return Outcome(number, "nothing to curate", summary(curation), run)
+    if short:
+        return Outcome(number, "nothing to curate", summary(curation), run, short)
 
     parent = promoted[-1] if promoted else None
     parent_root = parent.root_sha256 if parent else base.root_sha256
@@ -158,6 +158,17 @@ def make_generation(journal: Journal, store: GenerationStore, base: Base, config
            {"generation": number, "epoch": epoch, "root_sha256": seal.root_sha256})
     store.promote(f"gen-{number}", seal.root_sha256)
     return Outcome(number, "promoted", summary(curation), run, None, seal.root_sha256, cached, figures)
+
+
+def shortfall(curation: Curation, config: EvolutionConfig) -> str | None:
+    """Why `curation` is too little to train a generation on, or None when it is enough."""
+    count = len(curation.event_ids)
+    if count >= config.min_events:
+        return None
+    return (f"{count} moments reach resonance {config.threshold:g}"
+            + (f" in corpus {config.corpus}" if config.corpus else "")
+            + (f" and cluster {config.cluster}" if config.cluster is not None else "")
+            + f"; min_events is {config.min_events}")
 
 
 def same_base(base: Base, promoted: list[Generation]) -> None:

@@ -65,6 +65,17 @@ def test_dry_run_shows_what_would_be_curated_and_changes_nothing(setup) -> None:
     assert lineage(journal) == [] and not (Path(os.environ["SOUL_HOME"]) / "generations").exists()
 
 
+def test_nothing_to_curate_says_why(setup, tmp_path: Path) -> None:
+    invoke, _, _ = setup
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(yaml.safe_dump({**yaml.safe_load(Path(invoke.config).read_text()), "threshold": 0.99}))
+    dry = invoke("evolve", "--dry-run", "--config", str(strict))
+    assert dry.stdout == "gen-1 would have nothing to curate in seq 1..9: 0 moments reach resonance 0.99; min_events is 1\n"
+    result = invoke("evolve", "--config", str(strict))
+    assert result.exit_code == 0
+    assert result.stdout == "nothing to curate in seq 1..9: 0 moments reach resonance 0.99; min_events is 1\n"
+
+
 def test_evolve_generations_replay_export(setup, tmp_path: Path) -> None:
     invoke, journal, _ = setup
     result = invoke("evolve", "--config", invoke.config)

@@ -62,12 +62,14 @@ def test_nothing_to_curate_is_an_outcome(journal: Journal, soul_home: Path, tmp_
     journal_moments(journal, 2, score=0.5)  # below the threshold
     outcome = evolve(journal, soul_home, base, CONFIG)
     assert outcome.status == "nothing to curate" and outcome.curation["events"] == 0
+    assert outcome.why == "0 moments reach resonance 0.9; min_events is 1"
     assert lineage(journal) == []
     sealed = [e for e in _lineage_events(journal) if e.type == "curation_sealed"]
     assert len(sealed) == 1 and sealed[0].data["outcome"] == "nothing to curate"
     journal_moments(journal, 2)
     few = evolve(journal, soul_home, base, replace(CONFIG, min_events=3))
     assert few.status == "nothing to curate" and few.curation["events"] == 2
+    assert few.why == "2 moments reach resonance 0.9; min_events is 3"
 
 
 def test_a_generation_beyond_the_guard_is_rejected_and_the_previous_stays(
