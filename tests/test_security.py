@@ -35,7 +35,7 @@ from projections.memory import Memory
 from projections.postgres import EmbeddedPostgres, PostgresUnavailable, connect
 from projections.runner import ProjectionRunner
 from soul.cli import main
-from test_cluster import CLUSTER, nodes
+from test_cluster import cluster, nodes  # noqa: F401  (cluster is a fixture)
 
 NONE = Embedder("none", 0)
 
@@ -94,16 +94,11 @@ def test_embedded_nats_listens_on_loopback_only(tmp_path: Path) -> None:
     assert sockets and all(family == "tcp" and where.startswith("127.0.0.1:") for family, where in sockets), sockets
 
 
-def test_cluster_nodes_listen_on_loopback_only(tmp_path: Path) -> None:
-    started = subprocess.run([*CLUSTER, "start", str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert started.returncode == 0, started.stderr
-    try:
-        for name, node in nodes(tmp_path).items():
-            sockets = listening(int(node["pid"]))
-            assert len(sockets) == 2, (name, sockets)  # client and route ports
-            assert all(family == "tcp" and where.startswith("127.0.0.1:") for family, where in sockets), (name, sockets)
-    finally:
-        subprocess.run([*CLUSTER, "stop", str(tmp_path)], timeout=60)
+def test_cluster_nodes_listen_on_loopback_only(cluster: tuple[str, Path]) -> None:
+    for name, node in nodes(cluster[1]).items():
+        sockets = listening(int(node["pid"]))
+        assert len(sockets) == 2, (name, sockets)  # client and route ports
+        assert all(family == "tcp" and where.startswith("127.0.0.1:") for family, where in sockets), (name, sockets)
 
 
 def test_embedded_postgres_listens_on_a_unix_socket_only() -> None:
