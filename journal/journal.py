@@ -135,7 +135,7 @@ class Journal:
 
     def seq_at(self, when: datetime) -> int:
         """The first sequence stored at or after `when` (one past the end if none)."""
-        return self.factory.store.run(self.factory.store.first_seq_at(when, self.recorder.subject_filter))
+        return self.factory.store.call(self.factory.store.first_seq_at(when, self.recorder.subject_filter))
 
     def stats(self, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Figures over the whole journal; `progress(seq)` is called as it reads."""

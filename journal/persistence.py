@@ -25,6 +25,7 @@ import asyncio
 import base64
 import os
 import re
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -159,13 +160,24 @@ class JetStreamStore:
         self.stream = f"SOUL_{token}"
         self.prefix = f"soul.{token}"
         self.replicas = replicas
-        # subject -> what we know of its last message; only ever touched on the loop thread.
+        # subject -> what we know of its last message. Only a hint: the server checks every
+        # write, and a stale entry costs one refresh, so threads may race on it.
         self.last: OrderedDict[str, _Last] = OrderedDict()
+        self._last_lock = threading.Lock()
 
     def run(self, coro: Any) -> Any:
-        """Run `coro` on the connection; NATS failures become eventsourcing's OperationalError."""
+        """Run `coro` on the connection's background thread (what must keep listening lives
+        there); NATS failures become eventsourcing's OperationalError."""
+        return self._unavailable_as_operational(self.connection.run, coro)
+
+    def call(self, coro: Any) -> Any:
+        """Run one of this store's own coroutines on the calling thread's client: no thread hop.
+        They look up `connection.nc` as they run, so it is the client of the loop driving them."""
+        return self._unavailable_as_operational(self.connection.call, coro)
+
+    def _unavailable_as_operational(self, runner: Any, coro: Any) -> Any:
         try:
-            return self.connection.run(coro)
+            return runner(coro)
         except (nats.errors.ConnectionClosedError, nats.errors.NoServersError):
             raise JournalUnavailable(f"the connection to NATS at {self.connection.where} is closed") from None
         except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.errors.NoRespondersError):
@@ -175,7 +187,7 @@ class JetStreamStore:
             ) from None
 
     def ensure_stream(self) -> None:
-        self.run(self._ensure_stream())
+        self.call(self._ensure_stream())
 
     async def _ensure_stream(self) -> None:
         js = self.connection.nc.jetstream(timeout=self.connection.timeout)
@@ -208,10 +220,11 @@ class JetStreamStore:
         return f"{self.prefix}.{kind}.{token}"
 
     def remember(self, subject: str, last: _Last) -> None:
-        self.last[subject] = last
-        self.last.move_to_end(subject)
-        if len(self.last) > _CACHE_SIZE:
-            self.last.popitem(last=False)
+        with self._last_lock:
+            self.last[subject] = last
+            self.last.move_to_end(subject)
+            if len(self.last) > _CACHE_SIZE:
+                self.last.popitem(last=False)
 
     @property
     def max_payload(self) -> int:
@@ -505,7 +518,7 @@ class JetStreamRecorder:
             messages.append(self._tracking_message(tracking))
         if not messages:
             return []
-        sequences = self.store.run(self.store.write(messages))
+        sequences = self.store.call(self.store.write(messages))
         return sequences[: len(stored_events)]
 
 
@@ -527,7 +540,7 @@ class JetStreamAggregateRecorder(JetStreamRecorder, AggregateRecorder):
         desc: bool = False,
         limit: int | None = None,
     ) -> Sequence[StoredEvent]:
-        return self.store.run(self._select_events(originator_id, gt, lte, desc, limit))
+        return self.store.call(self._select_events(originator_id, gt, lte, desc, limit))
 
     async def _select_events(
         self, originator_id: uuid.UUID | str, gt: int | None, lte: int | None, desc: bool, limit: int | None
@@ -582,7 +595,7 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
         *,
         inclusive_of_start: bool = True,
     ) -> Sequence[Notification]:
-        return self.store.run(self._select_notifications(start, limit, stop, topics, inclusive_of_start))
+        return self.store.call(self._select_notifications(start, limit, stop, topics, inclusive_of_start))
 
     async def _select_notifications(
         self, start: int | None, limit: int, stop: int | None, topics: Sequence[str], inclusive: bool
@@ -610,7 +623,7 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
         return found
 
     def max_notification_id(self) -> int | None:
-        last = self.store.run(self.store.last_message(self.subject_filter))
+        last = self.store.call(self.store.last_message(self.subject_filter))
         return None if last is None else last.seq
 
     def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> JetStreamSubscription:
@@ -661,7 +674,7 @@ class JetStreamTrackingRecorder(JetStreamRecorder, TrackingRecorder):
 
     def max_tracking_id(self, application_name: str) -> int | None:
         subject = self.store.subject("t", app_token(application_name))
-        last = self.store.run(self.store.last_message(subject))
+        last = self.store.call(self.store.last_message(subject))
         return None if last is None else int(last.headers[H_TRACKING])
 
 
