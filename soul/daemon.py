@@ -8,8 +8,9 @@
   one `token` message per streamed piece of text, then `done` (the turn's result as JSON) or
   `error` (one line); the `Soul-Part` header says which. Turns run one at a time, in arrival
   order, on the main thread.
-- **Peers**: packets from other souls are taken from the inbox (soul/peers.py), journaled once
-  and then answered like any perception.
+- **Peers**: packets from other souls are taken from the inbox (soul/peers.py) by a thread that
+  hands them to the main thread, which journals each once and answers it like any perception:
+  all of the soul's work (journal, embedder, mind) happens on the main thread.
 - **State**: none of its own. On start it answers the perceptions a crash left unanswered; on
   SIGTERM or SIGINT it abandons the turn in progress before its thought is journaled (the
   perception stays pending and is answered at the next start), releases the lock and closes
@@ -40,7 +41,7 @@ from journal.errors import one_line
 from journal.journal import Journal
 from journal.persistence import app_token
 from projections.turns import TURNS, Turns
-from soul.peers import Inbox
+from soul.peers import ACK_WAIT, Inbox
 
 log = logging.getLogger("soul.daemon")
 
@@ -193,7 +194,7 @@ class Daemon:
                 if kind == "turn":
                     self._turn(soul, connection, item)
                 else:
-                    self._answer_pending(soul, item)
+                    self._packet(soul, inbox, *item)
         finally:
             self.stopping.set()
             connection.run(subscription.unsubscribe())
@@ -202,18 +203,36 @@ class Daemon:
             self._refuse_queued(connection)
 
     def _take_packets(self, inbox: Inbox) -> None:
+        """Hand each packet to the main thread, one at a time, keeping it from being offered
+        again while the main thread finishes a turn before it."""
         while not self.stopping.is_set():
             try:
-                taken = inbox.take(INBOX_POLL)
+                msg = inbox.fetch(INBOX_POLL)
             except Exception as e:  # a dead server: say so and keep trying, the packets wait
                 log.warning("inbox: %s", one_line(e))
                 time.sleep(INBOX_POLL)
                 continue
-            if taken is not None:
-                seq, event = taken
-                log.info("packet %s from %s journaled%s", event.id, event.data["sender"],
-                         "" if seq else " before (a redelivery)")
-                self.work.put(("answer", str(event.originator_id)))
+            if msg is None:
+                continue
+            settled = threading.Event()
+            self.work.put(("packet", (msg, settled)))
+            while not settled.wait(ACK_WAIT / 3) and not self.stopping.is_set():
+                inbox.working(msg)
+
+    def _packet(self, soul: Any, inbox: Inbox, msg: Any, settled: threading.Event) -> None:
+        """Journal a packet (once), acknowledge it, then answer it."""
+        try:
+            taken = inbox.settle(msg)
+        except Exception as e:  # not acknowledged: the server offers it again
+            log.warning("inbox: a packet is not journaled yet (%s); it is offered again", one_line(e))
+            return
+        finally:
+            settled.set()
+        if taken is not None:
+            seq, event = taken
+            log.info("packet %s from %s journaled%s", event.id, event.data["sender"],
+                     "" if seq else " before (a redelivery)")
+            self._answer_pending(soul, str(event.originator_id))
 
     def _checked(self, on_token: Callable[[str], None] | None) -> Callable[[str], None]:
         def check(text: str) -> None:
@@ -233,6 +252,8 @@ class Daemon:
             soul.answer(perception, on_token=self._checked(None))
         except Abandoned:
             log.info("stopping: the answer in %s is left pending for the next start", conversation)
+        except Exception:  # the soul goes on; the perception stays pending for the next start
+            log.exception("answering perception %d in %s failed", perception.seq, conversation)
 
     def _turn(self, soul: Any, connection: Any, msg: Any) -> None:
         def reply(part: str, data: bytes = b"") -> Any:

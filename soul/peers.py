@@ -124,15 +124,24 @@ class Inbox:
         _run(self.journal, self.subscription.unsubscribe())
 
     def take(self, timeout: float) -> tuple[int | None, BifocalEvent] | None:
-        """Wait up to `timeout` seconds for a packet; journal it (once) and acknowledge it.
+        """`fetch` then `settle`: one packet journaled (once) and acknowledged, or None."""
+        msg = self.fetch(timeout)
+        return None if msg is None else self.settle(msg)
 
-        Returns (sequence, perception), with sequence None for a packet journaled before, or
-        None when no packet came."""
+    def fetch(self, timeout: float) -> Any:
+        """The next message of the inbox, waiting up to `timeout` seconds; None if none came."""
         try:
-            msgs = _run(self.journal, self.subscription.fetch(1, timeout=timeout))
+            return _run(self.journal, self.subscription.fetch(1, timeout=timeout))[0]
         except (nats.errors.TimeoutError, TimeoutError):
             return None
-        msg = msgs[0]
+
+    def working(self, msg: Any) -> None:
+        """Tell the server `msg` is still being worked on, so it is not offered again meanwhile."""
+        _run(self.journal, msg.in_progress())
+
+    def settle(self, msg: Any) -> tuple[int | None, BifocalEvent] | None:
+        """Journal the packet `msg` holds (once) and acknowledge it. Returns (sequence, perception),
+        with sequence None for a packet journaled before; None for a message that is not a packet."""
         try:
             event = self.read(msg.data)
         except PeerError as e:
