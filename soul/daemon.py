@@ -11,6 +11,8 @@
 - **Peers**: packets from other souls are taken from the inbox (soul/peers.py) by a thread that
   hands them to the main thread, which journals each once and answers it like any perception:
   all of the soul's work (journal, embedder, mind) happens on the main thread.
+- **Evolution** (opt-in): when idle, it runs the evolution cadence it was given (a weekly
+  `soul evolve`, evolution/cadence.py); turns that come meanwhile wait for it.
 - **State**: none of its own. On start it answers the perceptions a crash left unanswered; on
   SIGTERM or SIGINT it abandons the turn in progress before its thought is journaled (the
   perception stays pending and is answered at the next start), releases the lock and closes
@@ -48,6 +50,7 @@ log = logging.getLogger("soul.daemon")
 PART = "Soul-Part"  # header naming what a reply message is: accepted | token | done | error
 ACCEPT_TIMEOUT = 10.0  # seconds a client waits for a running daemon to take its request
 INBOX_POLL = 1.0  # seconds the inbox thread waits for a packet before looking at the stop flag
+EVOLVE_CHECK = 60.0  # seconds between two looks at the evolution cadence
 
 
 class DaemonError(RuntimeError):
@@ -145,8 +148,10 @@ def unanswered(soul: Any) -> list[str]:
 class Daemon:
     """Serves the turns of soul `app` from `home` until SIGTERM or SIGINT."""
 
-    def __init__(self, app: str, home: Path, open_soul: Callable[[], Any]):
+    def __init__(self, app: str, home: Path, open_soul: Callable[[], Any],
+                 evolve: Callable[[Journal], Any] | None = None):
         self.app, self.home, self.open_soul = app, home, open_soul
+        self.evolve, self.next_evolve = evolve, 0.0  # evolve(journal): an Outcome, or None when not due
         self.lock = DaemonLock(home)
         self.work: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.stopping = threading.Event()
@@ -190,6 +195,7 @@ class Daemon:
                 try:
                     kind, item = self.work.get(timeout=0.25)
                 except queue.Empty:
+                    self._evolve_if_due(soul)
                     continue
                 if kind == "turn":
                     self._turn(soul, connection, item)
@@ -201,6 +207,22 @@ class Daemon:
             inbox_thread.join()
             inbox.close()
             self._refuse_queued(connection)
+
+    def _evolve_if_due(self, soul: Any) -> None:
+        """When idle, at most once a minute: run the evolution cadence (evolution/cadence.py)."""
+        if self.evolve is None or time.monotonic() < self.next_evolve:
+            return
+        self.next_evolve = time.monotonic() + EVOLVE_CHECK
+        try:
+            outcome = self.evolve(soul.journal)
+        except Exception:  # the soul goes on; the cadence asks again at the next check
+            log.exception("evolve failed")
+            return
+        if outcome is not None:
+            log.info("evolve: generation %d %s%s", outcome.generation, outcome.status,
+                     f" ({outcome.why})" if outcome.why else "")
+            if outcome.status == "promoted":
+                log.info("the daemon thinks with gen-%d from its next start", outcome.generation)
 
     def _take_packets(self, inbox: Inbox) -> None:
         """Hand each packet to the main thread, one at a time, keeping it from being offered

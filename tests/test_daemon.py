@@ -41,9 +41,10 @@ class Daemons:
     def __init__(self, env: dict[str, str], folder: Path):
         self.env, self.folder, self.started = env, folder, []
 
-    def start(self, wait: bool = True) -> subprocess.Popen[str]:
+    def start(self, *args: str, wait: bool = True) -> subprocess.Popen[str]:
         log = open(self.folder / f"daemon-{len(self.started)}.log", "w+")
-        process = subprocess.Popen([*SOUL, "daemon"], env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen([*SOUL, "daemon", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                   text=True)
         process.log = log  # type: ignore[attr-defined]
         self.started.append(process)
         if wait:
@@ -106,8 +107,13 @@ def test_one_daemon_per_home_a_stale_lock_is_taken_over_and_stop_releases_it(dae
     assert gone.returncode == 1 and gone.stderr == f"Error: no soul daemon runs for {soul_home}\n"
 
 
-def test_say_and_message_attach_to_the_running_daemon(daemons: Daemons, app_name: str, nats_url: str) -> None:
-    daemon = daemons.start()
+def test_say_attaches_to_the_running_daemon_which_evolves_when_due(daemons: Daemons, app_name: str,
+                                                                   nats_url: str) -> None:
+    daemon = daemons.start("--evolve-every", "1h")
+    deadline = time.monotonic() + 120  # a fresh soul is due at once; with nothing rated it learns nothing
+    while "evolve: generation 1 nothing to curate" not in log_of(daemon):
+        assert time.monotonic() < deadline and daemon.poll() is None, log_of(daemon)
+        time.sleep(0.2)
     client = {**daemons.env, "SOUL_MODEL": "/no/such/model"}  # loading a model here would fail: only the daemon thinks
     said = soul(client, "say", "--json", "hello daemon")
     assert said.returncode == 0, said.stderr
