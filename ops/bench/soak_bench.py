@@ -91,8 +91,7 @@ class Memories:
 
 
 def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
+    return float(np.percentile(values, p)) if values else 0.0
 
 
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
