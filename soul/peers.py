@@ -143,7 +143,7 @@ class Inbox:
         """Journal the packet `msg` holds (once) and acknowledge it. Returns (sequence, perception),
         with sequence None for a packet journaled before; None for a message that is not a packet."""
         try:
-            event = self.read(msg.data)
+            event = unpack(msg.data, self.embedder)
         except PeerError as e:
             # Not a packet: it can never be journaled, and must not block the ones behind it.
             log.warning("inbox: dropped an unreadable message (%d bytes): %s", len(msg.data), e)
@@ -153,22 +153,26 @@ class Inbox:
         _run(self.journal, msg.ack_sync())
         return seq, event
 
-    def read(self, payload: bytes) -> BifocalEvent:
-        try:
-            event = codec.decode(payload, "inbox", 0)
-        except (codec.DecodeError, ValueError) as e:
-            raise PeerError(str(e)) from None
-        sender = event.data.get("sender")
-        if event.type != "perception" or not isinstance(sender, str) or not sender:
-            raise PeerError(f"a {event.type} without a sender is not a packet")
-        prose, redacted = redact(event.prose)  # the journal is immutable: no secrets from peers either
-        event = replace(event, originator_id=conversation(sender), data={**event.data, "source": conversation(sender)})
-        if redacted:
-            if self.embedder is None:
-                raise PeerError("the packet holds secrets and no embedder is at hand to embed it redacted")
-            vector, embedder = self.embedder.embed([prose])[0], self.embedder.id
-            return replace(event, prose=prose, vector=vector, embedder=embedder, data={**event.data, "redacted": redacted})
-        return event
+
+def unpack(payload: bytes, embedder: Any = None) -> BifocalEvent:
+    """The perception a packet's bytes hold, as its receiver journals it: in the sender's
+    conversation, secrets redacted (then embedded again by `embedder`). PeerError for anything
+    that is not a packet."""
+    try:
+        event = codec.decode(payload, "inbox", 0)
+    except (codec.DecodeError, ValueError) as e:
+        raise PeerError(str(e)) from None
+    sender = event.data.get("sender") if isinstance(event.data, dict) else None
+    if event.type != "perception" or not isinstance(sender, str) or not sender:
+        raise PeerError(f"a {event.type} without a sender is not a packet")
+    prose, redacted = redact(event.prose)  # the journal is immutable: no secrets from peers either
+    event = replace(event, originator_id=conversation(sender), data={**event.data, "source": conversation(sender)})
+    if redacted:
+        if embedder is None:
+            raise PeerError("the packet holds secrets and no embedder is at hand to embed it redacted")
+        return replace(event, prose=prose, vector=embedder.embed([prose])[0], embedder=embedder.id,
+                       data={**event.data, "redacted": redacted})
+    return event
 
 
 def journal_once(journal: Journal, event: BifocalEvent) -> int | None:

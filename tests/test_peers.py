@@ -11,10 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
+from journal import codec
 from journal.event import Embedder
 from journal.journal import Journal
-from soul.peers import Inbox, inbox, journal_once, packet, send
+from journal.secrets import redact
+from soul.peers import Inbox, PeerError, inbox, journal_once, packet, send, unpack
 from support import drop_schema, publish_raw
 from test_daemon import SOUL, Daemons, tiny  # noqa: F401  (tiny is a fixture)
 
@@ -40,6 +44,33 @@ def perceptions(journal: Journal) -> list:
     return [e.event for e in journal.read(types=["perception"])]
 
 
+floats32 = st.floats(width=32, allow_nan=False, allow_infinity=False, allow_subnormal=True)
+
+
+@given(sender=st.text(min_size=1, max_size=40), prose=st.text(max_size=300),
+       vector=st.lists(floats32, min_size=1, max_size=64))
+@settings(max_examples=200, deadline=None)
+def test_a_packet_unpacks_to_exactly_what_was_sent(sender: str, prose: str, vector: list[float]) -> None:
+    assume(not redact(prose)[1])
+    sent = packet(sender, prose, vector, Embedder("any@1", len(vector)))
+    got = unpack(codec.encode(sent))
+    assert (got.id, got.prose, got.embedder, got.timestamp) == (sent.id, sent.prose, sent.embedder, sent.timestamp)
+    assert got.vector.tobytes() == sent.vector.tobytes()
+    assert got.originator_id == f"agent:{sender}" and got.data == {"source": f"agent:{sender}", "sender": sender}
+
+
+@given(payload=st.binary(max_size=400), position=st.integers(min_value=0), flip=st.integers(min_value=1, max_value=255))
+@settings(max_examples=300, deadline=None)
+def test_hostile_bytes_are_refused_as_not_a_packet_and_nothing_else(payload: bytes, position: int, flip: int) -> None:
+    genuine = bytearray(codec.encode(packet("a", "hello", [0.5, -1.0], Embedder("e@1", 2))))
+    genuine[position % len(genuine)] ^= flip  # a packet damaged on the way
+    for candidate in (payload, bytes(genuine)):
+        try:
+            unpack(candidate)
+        except PeerError:
+            pass
+
+
 def test_a_packet_sent_before_the_receiver_ever_ran_arrives_bit_identical(pair: tuple[str, Journal, str, Journal]) -> None:
     a, sender, b, receiver = pair
     sent = packet(a, "the tests pass on a clean clone", odd_vector(1), EMBEDDER)
@@ -63,7 +94,7 @@ def test_a_redelivered_packet_is_journaled_once(pair: tuple[str, Journal, str, J
     box = Inbox(receiver, b)
     # A receiver that journals the packet and dies before its ack: the server offers it again.
     [msg] = receiver.factory.connection.run(box.subscription.fetch(1, timeout=5))
-    assert journal_once(receiver, box.read(msg.data)) is not None
+    assert journal_once(receiver, unpack(msg.data)) is not None
     receiver.factory.connection.run(msg.nak())
 
     again = box.take(timeout=5)
