@@ -146,7 +146,8 @@ def _outcome_line(outcome) -> str:
                f"largest drift {f['max_drift']:.4g}, anchor perplexity {f['perplexity']['after']:.4g} "
                f"(W0 {f['perplexity']['base']:.4g}), curated loss {f['loss']['before']:.4g} -> {f['loss']['after']:.4g}")
     if outcome.status == "rejected":
-        return f"gen-{outcome.generation} rejected: {outcome.why}; the previous generation stays active ({figures})"
+        previous = f"gen-{outcome.generation - 1}" if outcome.generation > 1 else "W0"
+        return f"gen-{outcome.generation} rejected: {outcome.why}; {previous} stays active ({figures})"
     return f"gen-{outcome.generation} promoted: {moments}; {figures}"
 
 

@@ -64,7 +64,9 @@ def _draw_panel(canvas: np.ndarray, generations: list[int], panel: Panel) -> Non
         low, high = low - 0.5 * (abs(low) or 1), high + 0.5 * (abs(high) or 1)
 
     def x_of(i: int) -> int:
-        return left + (right - left) * i // max(len(generations) - 1, 1)
+        if len(generations) == 1:
+            return (left + right) // 2
+        return left + (right - left) * i // (len(generations) - 1)
 
     def y_of(v: float) -> int:
         return round(bottom - (bottom - top) * (v - low) / (high - low))
