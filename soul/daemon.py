@@ -82,13 +82,17 @@ class DaemonLock:
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         file = open(self.path, "a+")
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        for attempt in range(5):  # a client's look at the lock (`running`) holds it for a moment
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05 * attempt)
+        else:
             file.seek(0)
             pid = _state(file.read()).get("pid", "unknown")
             file.close()
-            raise DaemonError(f"a soul daemon already runs for {self.path.parent} (pid {pid})") from None
+            raise DaemonError(f"a soul daemon already runs for {self.path.parent} (pid {pid})")
         self.file = file
         self.write(pid=os.getpid())
 
@@ -230,16 +234,17 @@ class Daemon:
         while not self.stopping.is_set():
             try:
                 msg = inbox.fetch(INBOX_POLL)
-            except Exception as e:  # a dead server: say so and keep trying, the packets wait
+                if msg is None:
+                    continue
+                settled, since = threading.Event(), time.monotonic()
+                self.work.put(("packet", (msg, settled)))
+                while not settled.wait(INBOX_POLL) and not self.stopping.is_set():
+                    if time.monotonic() - since > ACK_WAIT / 3:
+                        inbox.working(msg)
+                        since = time.monotonic()
+            except Exception as e:  # a dead server: say so and keep trying; unacknowledged packets wait
                 log.warning("inbox: %s", one_line(e))
                 time.sleep(INBOX_POLL)
-                continue
-            if msg is None:
-                continue
-            settled = threading.Event()
-            self.work.put(("packet", (msg, settled)))
-            while not settled.wait(ACK_WAIT / 3) and not self.stopping.is_set():
-                inbox.working(msg)
 
     def _packet(self, soul: Any, inbox: Inbox, msg: Any, settled: threading.Event) -> None:
         """Journal a packet (once), acknowledge it, then answer it."""
@@ -266,16 +271,18 @@ class Daemon:
         return check
 
     def _answer_pending(self, soul: Any, conversation: str) -> None:
-        perception = None if self.stopping.is_set() else soul.pending(conversation)
-        if perception is None:
+        if self.stopping.is_set():
             return
-        log.info("answering perception %d in %s", perception.seq, conversation)
         try:
+            perception = soul.pending(conversation)
+            if perception is None:
+                return
+            log.info("answering perception %d in %s", perception.seq, conversation)
             soul.answer(perception, on_token=self._checked(None))
         except Abandoned:
             log.info("stopping: the answer in %s is left pending for the next start", conversation)
         except Exception:  # the soul goes on; the perception stays pending for the next start
-            log.exception("answering perception %d in %s failed", perception.seq, conversation)
+            log.exception("answering the pending perception in %s failed", conversation)
 
     def _turn(self, soul: Any, connection: Any, msg: Any) -> None:
         def reply(part: str, data: bytes = b"") -> Any:
