@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from journal.errors import one_line
 from soul.mcp_client import ConfigError, load_config
 from soul.tools import ToolError
 
@@ -40,7 +41,8 @@ def allowed(given: str | None, home: Path | None = None) -> tuple[str, ...]:
     if given is not None:
         names = [n.strip() for n in given.split(",") if n.strip()]
     else:
-        names = load_config(home).get("serve", {}).get("allow", list(DEFAULT_ALLOW))
+        serve = load_config(home).get("serve", {})
+        names = serve.get("allow", list(DEFAULT_ALLOW)) if isinstance(serve, dict) else None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ConfigError("mcp.json: serve.allow must be a list of tool names")
     unknown = sorted(set(names) - set(TOOLS))
@@ -58,7 +60,13 @@ class Backend:
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soul-mcp")
 
     async def run(self, work: Callable[[], T]) -> T:
-        return await asyncio.wrap_future(self.worker.submit(work))
+        """`work()` on the soul's thread; a failure is the calling agent's error result, in one line."""
+        from mcp.server.mcpserver.exceptions import ToolError as ResultError  # MCPServer shows its text
+
+        try:
+            return await asyncio.wrap_future(self.worker.submit(work))
+        except Exception as e:
+            raise ResultError(one_line(e)) from None
 
     def opened(self) -> Any:
         if self.soul is None:
@@ -68,7 +76,7 @@ class Backend:
     def ask(self, question: str, conversation: str) -> str:
         from soul.daemon import attach
 
-        if self.soul is None and (client := attach(self.app)) is not None:  # no mind of our own for it
+        if (client := attach(self.app)) is not None:  # the daemon's mind answers, not one loaded here
             with client:
                 return client.turn(question, source=SOURCE, conversation=conversation).reply
         return self.opened().turn(question, source=SOURCE, conversation=conversation).reply

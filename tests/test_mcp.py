@@ -156,28 +156,35 @@ def text(result: Any) -> str:
 
 
 def test_other_agents_ask_and_recall_and_nothing_beyond_the_allow_list(env: dict[str, str], app_name: str) -> None:
-    names, (asked, recalled, perceived) = consult(env, "--allow", "ask,recall", calls=[
+    names, (asked, recalled, perceived, commanded) = consult(env, "--allow", "ask,recall", calls=[
         ("ask", {"question": "the lighthouse keeper counts ships"}),
         ("recall", {"query": "lighthouse keeper"}),
         ("perceive", {"text": "not allowed"}),
+        ("ask", {"question": "/notebook an agent's words are not commands"}),
     ])
     assert names == ["ask", "recall"]
     assert not asked.is_error and text(asked)
     assert not recalled.is_error and "the lighthouse keeper counts ships" in text(recalled)
     assert perceived.is_error and text(perceived) == "Unknown tool: perceive"
+    assert not commanded.is_error
     from journal.journal import Journal
 
     with Journal(app_name) as journal:
-        kinds = [(e.event.type, str(e.event.originator_id), e.event.data.get("source")) for e in journal.read()
-                 if e.event.type in ("perception", "thought")]
-    assert kinds == [("perception", "mcp", "agent:mcp"), ("thought", "mcp", None)]
+        journaled = [e.event for e in journal.read()]
+    turns = [(e.type, str(e.originator_id), e.data.get("source")) for e in journaled if e.type in ("perception", "thought")]
+    assert turns == [("perception", "mcp", "agent:mcp"), ("thought", "mcp", None)] * 2
+    assert not [e for e in journaled if e.type == "notebook_written"]
+    recall_call = next(e for e in journaled if e.type == "tool_call")
+    assert recall_call.data == {"tool": "recall", "arguments": {"query": "lighthouse keeper"}}
 
 
 def test_the_allow_list_comes_from_mcp_json_and_a_wrong_one_is_one_line(env: dict[str, str], soul_home: Path) -> None:
     soul_home.mkdir(parents=True)
-    (soul_home / "mcp.json").write_text(json.dumps({"serve": {"allow": ["perceive"]}}))
-    names, (perceived, asked) = consult(env, calls=[("perceive", {"text": "noted"}), ("ask", {"question": "hi?"})])
-    assert names == ["perceive"] and text(perceived).startswith("perceived (journal sequence ")
+    (soul_home / "mcp.json").write_text(json.dumps({"serve": {"allow": ["mount", "perceive"]}}))
+    names, (perceived, mounted, asked) = consult(env, calls=[
+        ("perceive", {"text": "noted"}), ("mount", {"corpus": "nothing"}), ("ask", {"question": "hi?"})])
+    assert names == ["mount", "perceive"] and text(perceived).startswith("perceived (journal sequence ")
+    assert mounted.is_error and text(mounted).startswith("Error executing tool mount: no corpus named 'nothing'")
     assert asked.is_error and text(asked) == "Unknown tool: ask"
 
     wrong = subprocess.run([*SOUL, "mcp", "serve", "--allow", "ask,rm"], env=env, capture_output=True, text=True,
