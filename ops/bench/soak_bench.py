@@ -309,7 +309,7 @@ def main() -> int:
           f"(ratio {report['ratios']['append_rate']:.3f} of {args.rate:g}/s, target >= {TARGETS['rate_ratio']}), "
           f"{t['searches']:,} searches p50 {t['search_p50_ms'] or 0:.2f} ms (x{report['ratios']['search_p50']:.2f} alone), "
           f"p99 {t['search_p99_ms']:.2f} ms (x{report['ratios']['search_p99']:.2f})")
-    print(f"lag:      max {t['lag_events_max']} events / {t['lag_s_max']:.2f}s, p99 {t['lag_events_p99']} events / "
+    print(f"lag:      max {t['lag_events_max']} events / {t['lag_s_max']:.2f}s, p99 {t['lag_events_p99']:.0f} events / "
           f"{t['lag_s_p99']:.2f}s; drained to {t['final_lag_events']} in {t['drain_s']:.2f}s (target <= {TARGETS['drain_s']:g}s)")
     for part in ("bench_rss_mb", "nats_rss_mb", "postgres_pss_mb"):
         print(f"memory:   {part:<16} {t['memory_start'][part]:8.1f} MB -> {t['memory_end'][part]:8.1f} MB")
