@@ -66,6 +66,10 @@ def decode(payload: bytes, originator_id: uuid.UUID | str, originator_version: i
     header, vector = split(payload)
     header = upcast(header)
     try:
+        for name in ("embedder", "id"):
+            _expect(header, name, str)
+        for name in ("causation", "correlation", "corpus"):
+            _expect(header, name, (str, type(None)))
         return BifocalEvent(
             type=header["type"],
             prose=header["prose"],
@@ -110,9 +114,14 @@ def split(payload: bytes) -> tuple[dict[str, Any], np.ndarray]:
     return header, vector
 
 
+def _expect(header: dict[str, Any], name: str, kinds: type | tuple[type, ...]) -> None:
+    if not isinstance(header[name], kinds):
+        raise TypeError(f"{name} is a JSON {type(header[name]).__name__}")
+
+
 def upcast(header: dict[str, Any]) -> dict[str, Any]:
     kind, version = header.get("type"), header.get("schema")
-    if kind not in CATALOGUE:
+    if not isinstance(kind, str) or kind not in CATALOGUE:
         raise UnknownEvent(f"unknown event type {kind!r}")
     if not isinstance(version, int) or version < 1 or version > CATALOGUE[kind]:
         raise UnknownEvent(

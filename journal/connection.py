@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import ssl
 import threading
 import time
@@ -51,7 +52,10 @@ class JournalUnavailable(OperationalError):
 
 def redact(url: str) -> str:
     """The URL without its password or token, for messages and logs."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL at all: hide whatever stands before an '@'
+        return re.sub(r"[^/@]*@", "***@", url)
     if parts.username is None:
         return url
     host = parts.hostname or ""
@@ -142,7 +146,10 @@ class Connection:
                 self.timeout,
             )
         except Exception as e:
-            await client.close()
+            try:
+                await client.close()
+            except Exception:  # nats-py refuses to close a client that never parsed its URLs
+                pass
             refused = [x for x in last_error if "authorization" in str(x).lower()]
             if refused:  # later retries only say "connection reset": the refusal is the news
                 raise JournalUnavailable(

@@ -19,6 +19,7 @@ from eventsourcing.utils import Environment
 
 from journal import codec
 from journal.event import BifocalEvent
+from journal.secrets import redact
 from journal.persistence import FOREIGN_TOPIC, Factory, JetStreamApplicationRecorder
 
 PAGE = 1000
@@ -58,6 +59,11 @@ def to_entry(n: Notification) -> Entry:
     return Entry(n.id, n.originator_id, n.topic, len(n.state), event)
 
 
+def _redacted(event: BifocalEvent) -> BifocalEvent:
+    prose, found = redact(event.prose)
+    return replace(event, prose=prose) if found else event
+
+
 class Journal:
     """Append and read bifocal events of one application (`app`) on NATS JetStream."""
 
@@ -87,7 +93,11 @@ class Journal:
     # -- writing ---------------------------------------------------------------------
 
     def append(self, events: Sequence[BifocalEvent]) -> list[int]:
-        """Store `events` all-or-nothing, at the versions they carry; their sequence numbers."""
+        """Store `events` all-or-nothing, at the versions they carry; their sequence numbers.
+
+        Each prose is redacted once more (journal/secrets.py): what a caller forgot to redact
+        would otherwise stay in the immutable journal for good."""
+        events = [_redacted(e) for e in events]
         ids = self.recorder.insert_events([to_stored_event(e) for e in events]) or []
         for e in events:
             self._next_version[e.originator_id] = e.originator_version + 1

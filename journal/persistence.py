@@ -12,8 +12,9 @@ tool. Writes are guarded per aggregate with `Nats-Expected-Last-Subject-Sequence
 server checks the *stream* sequence of the subject's last message, so we keep a map from
 subject to its last (sequence, version)); a call that writes several messages is one
 JetStream atomic batch (ADR-50), so it is stored whole or not at all and its notification
-ids are contiguous. `Nats-Msg-Id` is `<subject token>:<version>`, so a publish retried after
-a timeout is stored once.
+ids are contiguous. `Nats-Msg-Id` is `<nonce of the insert call>:<index>`, so a publish retried
+after a timeout is stored once, and a write is recognised as ours only if it is (another
+writer's event at the same version has another id).
 
 Versions of one aggregate must increase (gaps are allowed); eventsourcing only ever
 appends the next version, so this is the same contract its SQL recorders enforce.
@@ -138,6 +139,11 @@ def stream_sequence(ack_subject: str) -> int:
     return int(tokens[5] if len(tokens) == 9 else tokens[7])
 
 
+def _is_direct_message(msg: Any) -> bool:
+    """A DIRECT.GET reply that holds a stored message (the server adds Nats-Stream), not a status."""
+    return "Nats-Stream" in (msg.headers or {})
+
+
 def _direct(msg: Any) -> Stored:
     headers = msg.headers or {}
     return Stored(int(headers["Nats-Sequence"]), headers.get("Nats-Subject", ""), headers, msg.data)
@@ -255,13 +261,12 @@ class JetStreamStore:
             first_of.setdefault(m.subject, m)
             last_of[m.subject] = m
 
-        timed_out = False
         for attempt in _retries(self.connection.timeout):
             known = {s: self.last.get(s) for s in first_of}
             conflicts = [s for s, last in known.items() if last and last.version is not None
                          and last.version >= first_of[s].version]  # fmt: skip
             if conflicts:
-                if timed_out and all(known[s].msg_id == last_of[s].headers["Nats-Msg-Id"] for s in first_of):
+                if all(known[s] and known[s].msg_id == last_of[s].headers["Nats-Msg-Id"] for s in first_of):
                     # Our earlier attempt was stored before its answer was lost: not a conflict.
                     end = max(known[s].seq for s in first_of)
                     return list(range(end - len(messages) + 1, end + 1))
@@ -275,9 +280,8 @@ class JetStreamStore:
             except _WrongLastSequence:
                 await self.refresh(list(first_of))
                 continue
-            except (nats.errors.TimeoutError, asyncio.TimeoutError, _Retry, nats.errors.NoRespondersError) as e:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError, _Retry, nats.errors.NoRespondersError):
                 # No answer (it may still have been stored), or no leader yet (election, restart).
-                timed_out = timed_out or not isinstance(e, (_Retry, nats.errors.NoRespondersError))
                 await asyncio.sleep(_backoff(attempt))
                 try:
                     await self.refresh(list(first_of))
@@ -369,9 +373,9 @@ class JetStreamStore:
             reply = await self.connection.nc.request(
                 f"$JS.API.DIRECT.GET.{self.stream}", request, timeout=self.connection.timeout
             )
-            status = (reply.headers or {}).get("Status")
-            if status is None:
+            if _is_direct_message(reply):
                 return _direct(reply).seq
+            status = (reply.headers or {}).get("Status")
             if status != "404":
                 raise DatabaseError(f"JetStream direct get failed: {status} {reply.headers.get('Description')}")
         last = await self.last_message(subject_filter)
@@ -399,14 +403,17 @@ class JetStreamStore:
                 await asyncio.sleep(_backoff(attempt))
         raise error  # type: ignore[misc]  # the first attempt always runs
 
-    async def _collect(self, subject: str, request: bytes, count: int, parse: Any) -> tuple[list[Stored], bool]:
-        """Send `request` to `subject` and gather the replies until `count` or a status message."""
+    async def _collect(self, subject: str, request: bytes, count: int, parse: Any, is_stored: Any) -> tuple[list[Stored], bool]:
+        """Send `request` to `subject` and gather the replies until `count` or a status message.
+
+        `is_stored(msg)` tells a stored message from the server's status replies by what only
+        the server sets, never by a `Status` header, which a stored message may carry too."""
         nc = self.connection.nc
         stored: list[Stored] = []
         more: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
         async def collect(msg: Any) -> None:  # a callback: next_msg() costs a task per message
-            status = msg.headers.get("Status") if msg.headers else None
+            status = None if is_stored(msg) else (msg.headers or {}).get("Status", "?")
             if status is None:
                 stored.append(parse(msg))
                 if len(stored) == count and not more.done():
@@ -430,7 +437,7 @@ class JetStreamStore:
 
     async def _read_direct(self, start: int, count: int, subject_filter: str) -> tuple[list[Stored], bool]:
         request = orjson.dumps({"seq": start, "batch": count, "next_by_subj": subject_filter})
-        return await self._collect(f"$JS.API.DIRECT.GET.{self.stream}", request, count + 1, _direct)
+        return await self._collect(f"$JS.API.DIRECT.GET.{self.stream}", request, count + 1, _direct, _is_direct_message)
 
     async def _read_consumer(self, start: int, count: int, subject_filter: str) -> tuple[list[Stored], bool]:
         js = self.connection.nc.jetstream(timeout=self.connection.timeout)
@@ -455,7 +462,8 @@ class JetStreamStore:
 
             request = orjson.dumps({"batch": count, "no_wait": True})
             stored, _ = await self._collect(
-                f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{consumer.name}", request, min(count, consumer.num_pending), parse
+                f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{consumer.name}", request, min(count, consumer.num_pending), parse,
+                lambda msg: (msg.reply or "").startswith("$JS.ACK."),
             )
             return stored, consumer.num_pending > len(stored)
         finally:
@@ -485,37 +493,30 @@ class JetStreamRecorder:
         self.subject_filter = store.subject(self.kind, ">")
         self._prefix_len = len(store.subject(self.kind, ""))
 
-    def _messages(self, stored_events: Sequence[StoredEvent]) -> list[_Message]:
-        messages = []
-        for s in stored_events:
-            token = subject_token(s.originator_id)
-            messages.append(
-                _Message(
-                    subject=self.store.subject(self.kind, token),
-                    headers={
-                        H_TOPIC: s.topic,
-                        H_VERSION: str(s.originator_version),
-                        "Nats-Msg-Id": f"{self.kind}.{token}:{s.originator_version}",
-                    },
-                    payload=bytes(s.state),
-                    version=s.originator_version,
-                )
+    def _messages(self, stored_events: Sequence[StoredEvent], nonce: str) -> list[_Message]:
+        return [
+            _Message(
+                subject=self.store.subject(self.kind, subject_token(s.originator_id)),
+                headers={H_TOPIC: s.topic, H_VERSION: str(s.originator_version), "Nats-Msg-Id": f"{nonce}:{i}"},
+                payload=bytes(s.state),
+                version=s.originator_version,
             )
-        return messages
+            for i, s in enumerate(stored_events)
+        ]
 
-    def _tracking_message(self, tracking: Tracking) -> _Message:
-        token = app_token(tracking.application_name)
+    def _tracking_message(self, tracking: Tracking, msg_id: str) -> _Message:
         return _Message(
-            subject=self.store.subject("t", token),
-            headers={H_TRACKING: str(tracking.notification_id), "Nats-Msg-Id": f"t.{token}:{tracking.notification_id}"},
+            subject=self.store.subject("t", app_token(tracking.application_name)),
+            headers={H_TRACKING: str(tracking.notification_id), "Nats-Msg-Id": msg_id},
             payload=b"",
             version=tracking.notification_id,
         )
 
     def _insert(self, stored_events: Sequence[StoredEvent], tracking: Tracking | None = None) -> list[int]:
-        messages = self._messages(stored_events)
+        nonce = uuid.uuid4().hex  # one per call: its retries carry the same ids, no other write does
+        messages = self._messages(stored_events, nonce)
         if tracking is not None:
-            messages.append(self._tracking_message(tracking))
+            messages.append(self._tracking_message(tracking, f"{nonce}:t"))
         if not messages:
             return []
         sequences = self.store.call(self.store.write(messages))

@@ -7,7 +7,8 @@ notification ids, or not at all, however many writers insert at once (eventsourc
 NonInterleavingNotificationIDsBaseCase checks two threads and two events; here three
 processes insert batches of 400 events at once).
 
-Two faults of journal/persistence.py are marked xfail(strict=True) below; see their reasons.
+Nats-Msg-Id is unique to each insert call, so another writer's event at the same version is
+never taken for one's own: neither for a duplicate in a batch nor for a write whose answer was lost.
 """
 
 from __future__ import annotations
@@ -134,17 +135,9 @@ def test_concurrent_atomic_inserts_keep_notification_ids_contiguous(nats_url: st
         assert ids == list(range(ids[0], ids[0] + size)), f"batch {key} interleaved with another"
 
 
-# -- faults of journal/persistence.py, left to its owner --------------------------------------
-
-DUPLICATE_ID = (
-    "Nats-Msg-Id is '<subject>:<version>', the same for two writers' different events at one "
-    "version; in an atomic batch the server checks duplicates before the expected sequence, so a "
-    "conflicting batch is refused as 'atomic publish batch contains duplicate message id' (10201), "
-    "which _ack turns into DatabaseError instead of IntegrityError"
-)
+# -- one writer's event is never taken for another's ---------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=DUPLICATE_ID)
 def test_a_batch_that_conflicts_is_an_integrity_error_and_can_be_retried(nats_url: str, app_name: str) -> None:
     env = {"SOUL_NATS_URL": nats_url}
     with Journal(app_name, env) as first, Journal(app_name, env) as second:
@@ -158,14 +151,6 @@ def test_a_batch_that_conflicts_is_an_integrity_error_and_can_be_retried(nats_ur
         assert second.append([event("mine", "mine", 1), event("second's v2", "hot", 2)]) == [2, 3]
 
 
-LOST_WRITE = (
-    "after a publish times out, write() takes a stored '<subject>:<version>' Nats-Msg-Id as its "
-    "own; another writer's event at that version has the same id, so the write is reported "
-    "stored although it never was"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=LOST_WRITE)
 def test_a_timed_out_write_is_not_mistaken_for_another_writers_event(
     nats_url: str, app_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

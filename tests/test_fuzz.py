@@ -86,10 +86,6 @@ def forged(draw: st.DrawFn) -> bytes:
     return codec._PREFIX.pack(codec.MAGIC, codec.FORMAT, len(head)) + head + bytes(4 * dim)
 
 
-@pytest.mark.xfail(strict=True, raises=(AttributeError, TypeError), reason=(
-    "journal/codec.py decode() uses header values unchecked: a type that is a JSON list raises "
-    "TypeError in upcast(), an id or causation that is a number AttributeError in uuid.UUID(); "
-    "neither is a DecodeError, so Journal.read, soul tail and every projection stop at that message"))
 @fuzz(500)
 @given(forged())
 def test_decode_of_forged_headers_raises_only_decode_errors(payload: bytes) -> None:
@@ -99,8 +95,8 @@ def test_decode_of_forged_headers_raises_only_decode_errors(payload: bytes) -> N
 # -- raw messages on the journal's subjects -------------------------------------------------
 
 # Headers a foreign publisher might send, soul's own and JetStream's among them (rollups, TTLs,
-# batches and expectations must be refused by the stream, not obeyed). Not `Status`: see the
-# xfail test below.
+# batches and expectations must be refused by the stream, not obeyed). `Status` has a test of
+# its own below.
 HEADER_NAMES = ("Es-Topic", "Es-Version", "Nats-Msg-Id", "Nats-Rollup", "Nats-TTL", "Nats-Expected-Stream",
                 "Nats-Expected-Last-Subject-Sequence", "Nats-Batch-Id", "Nats-Batch-Sequence", "Nats-Batch-Commit")
 header_values = st.sampled_from([*CATALOGUE, "1", "0", "-1", "all", "sub", "1s", "99999999999999999999", "a\x00b"]) | st.text(
@@ -178,10 +174,6 @@ def test_a_nul_in_a_foreign_header_is_a_dead_letter_not_a_stuck_projection(journ
             sql.Identifier(schema_for(journal.factory.env.name), "_dead_letters"))).fetchone()[0] == "a\\x00b"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "journal/persistence.py _collect() reads a stored message's own `Status` header as a JetStream "
-    "status reply: with 404/204/408 the message is skipped unseen, with any other code (503, 100) "
-    "every read of the journal fails with 'JetStream read failed'"))
 @pytest.mark.parametrize("status", ["404", "503"])
 def test_a_message_with_a_status_header_is_shown_like_any_other(journal: Journal, nats_url: str, status: str) -> None:
     journal.add(BifocalEvent("perception", "before", [], Embedder("none", 0), "o"))
@@ -274,10 +266,7 @@ def test_random_arguments_never_end_in_a_traceback(
     assert "Traceback" not in result.output
 
 
-BAD_URL = pytest.param(["--nats", "nats://[::1", "tail", "-F"], id="--nats nats://[::1 tail -F", marks=pytest.mark.xfail(
-    strict=True, reason="journal/connection.py _connect(): when nats-py cannot parse a server URL, "
-    "client.close() on the never-connected client raises AssertionError('Client.connect must be "
-    "called first'), which escapes as a traceback"))
+BAD_URL = pytest.param(["--nats", "nats://[::1", "tail", "-F"], id="--nats nats://[::1 tail -F")
 SAMPLE = [["tail", "--since", "x", "-F"], ["journal", "stats", "--json", "extra"], ["projections", "rebuild", "\u2603"],
           ["search", "", "--mode", "keyword", "-n", "0"], ["--app", "", "corpus", "mount", "nope"]]
 

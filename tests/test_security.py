@@ -313,9 +313,6 @@ def test_the_database_password_never_shows(guarded_postgres: tuple[str, str], na
     assert PASSWORD.encode() not in journaled
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "journal/secrets.py says Journal.append redacts every event's prose again as the last line of "
-    "defence; journal/journal.py append() does not call redact()"))
 def test_journal_append_redacts_what_its_callers_missed(journal: Journal) -> None:
     key = "sk-ant-api03-" + "Zx9_" * 8
     journal.add(note(f"an agent pasted {key}"))
