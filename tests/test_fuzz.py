@@ -95,11 +95,13 @@ def test_decode_of_forged_headers_raises_only_decode_errors(payload: bytes) -> N
 # -- raw messages on the journal's subjects -------------------------------------------------
 
 # Headers a foreign publisher might send, soul's own and JetStream's among them (rollups, TTLs,
-# batches and expectations must be refused by the stream, not obeyed). `Status` has a test of
-# its own below.
+# batches and expectations must be refused by the stream, not obeyed; status and direct-get
+# headers are the server's to set). `Status` has a test of its own below too.
 HEADER_NAMES = ("Es-Topic", "Es-Version", "Nats-Msg-Id", "Nats-Rollup", "Nats-TTL", "Nats-Expected-Stream",
-                "Nats-Expected-Last-Subject-Sequence", "Nats-Batch-Id", "Nats-Batch-Sequence", "Nats-Batch-Commit")
-header_values = st.sampled_from([*CATALOGUE, "1", "0", "-1", "all", "sub", "1s", "99999999999999999999", "a\x00b"]) | st.text(
+                "Nats-Expected-Last-Subject-Sequence", "Nats-Batch-Id", "Nats-Batch-Sequence", "Nats-Batch-Commit",
+                "Status", "Description", "Nats-Sequence", "Nats-Subject", "Nats-Num-Pending")
+header_values = st.sampled_from([*CATALOGUE, "1", "0", "-1", "all", "sub", "1s", "99999999999999999999", "a\x00b",
+                                 "204", "404", "408", "503"]) | st.text(
     st.characters(blacklist_characters="\r\n"), max_size=30)
 headers = st.dictionaries(st.sampled_from(HEADER_NAMES) | st.from_regex(r"[A-Za-z][A-Za-z0-9_-]{0,15}", fullmatch=True),
                           header_values, max_size=4)
