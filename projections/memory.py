@@ -64,7 +64,7 @@ COLUMNS = ("seq", "id", "time", "type", "prose", "vector", "embedder", "corpus")
 
 class Memory(Projection):
     name = "memory"
-    version = 2  # 2: each judge's latest score in `judges`; resonance is their combination
+    version = 3  # 2: each judge's latest score in `judges`; 3: the user's rating decides (soul.resonance.combine)
     types = (*REMEMBERED, "resonance", *FORGOTTEN)
     dim = 384
 

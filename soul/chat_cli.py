@@ -184,7 +184,7 @@ def rate(ctx: click.Context, event: str, score: float, as_json: bool) -> None:
     """Rate EVENT (a journal sequence number or an event id) with SCORE between 0 and 1.
 
     The rating is a `resonance` event by the user judge; memory's resonance of EVENT becomes
-    the combination of each judge's latest score (the user's counts three times).
+    this rating: the user's latest rating decides (see soul/resonance.py's combine).
     """
     from soul.embedder import load_default_embedder  # loads MLX: only when embedding
 

@@ -3,9 +3,10 @@
 Three judges score an event, each with a `resonance` event (data: event, score, judge,
 rationale): the user (`/rate 0.9`, `soul rate EVENT SCORE`), the soul itself, and similarity
 to the centroid of past high-resonance vectors. `combine` is the one rule that turns the
-latest score of each judge into the score memory shows and curation selects by: a weighted
-mean over the judges that have spoken, the user counting three times as much as each of the
-others. A user's rating alone therefore decides; without one, self and similarity share.
+latest score of each judge into the score memory shows and curation selects by: the user's
+rating, when there is one, decides alone (the person the soul lives with is the authority on
+what mattered, and a rating of 0.95 must be able to reach curation's 0.9 whatever a small
+model thinks of its own reply); without one, self and similarity count equally.
 """
 
 from __future__ import annotations
@@ -25,22 +26,21 @@ from projections.base import schema_for
 if TYPE_CHECKING:
     from soul.mind import Mind
 
-JUDGE_WEIGHTS: dict[str, float] = {"user": 3.0, "self": 1.0, "similarity": 1.0}
+JUDGES = ("user", "self", "similarity")
 
 
 def combine(scores: Mapping[str, float]) -> float | None:
     """The combined score of an event from each judge's latest score; None when no judge spoke.
 
-    Judges outside JUDGE_WEIGHTS are ignored, so an older or foreign judge cannot skew it.
+    Judges outside JUDGES are ignored, so an older or foreign judge cannot skew it.
     """
-    known = {judge: score for judge, score in scores.items() if judge in JUDGE_WEIGHTS}
-    if not known:
-        return None
+    known = {judge: score for judge, score in scores.items() if judge in JUDGES}
     for judge, score in known.items():
         if not 0.0 <= score <= 1.0:
             raise ValueError(f"{judge} scored {score}; resonance scores lie between 0 and 1")
-    total = sum(JUDGE_WEIGHTS[j] for j in known)
-    return sum(JUDGE_WEIGHTS[j] * s for j, s in known.items()) / total
+    if "user" in known:
+        return known["user"]
+    return sum(known.values()) / len(known) if known else None
 
 
 # -- the judges ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from journal.journal import Entry, Journal
 from projections.memory import Memory
 from projections.runner import ProjectionRunner
 from soul.embedder import load_default_embedder
-from soul.resonance import JUDGE_WEIGHTS, RatingError, combine, find_event, judgement, rate, similarity_judgement
+from soul.resonance import JUDGES, RatingError, combine, find_event, judgement, rate, similarity_judgement
 
 scores = st.floats(min_value=0.0, max_value=1.0)
 
@@ -23,13 +23,13 @@ def test_no_judge_no_score() -> None:
     assert combine({"oracle": 1.0}) is None
 
 
-def test_user_counts_three_times_each_other_judge() -> None:
-    assert combine({"user": 1.0, "self": 0.0, "similarity": 0.0}) == pytest.approx(0.6)
+def test_the_users_rating_decides_else_self_and_similarity_share() -> None:
+    assert combine({"user": 0.95, "self": 0.25, "similarity": 0.0}) == 0.95
     assert combine({"self": 0.8, "similarity": 0.4}) == pytest.approx(0.6)
-    assert combine({"user": 0.9}) == pytest.approx(0.9)
+    assert combine({"self": 0.3}) == pytest.approx(0.3)
 
 
-@given(st.dictionaries(st.sampled_from(sorted(JUDGE_WEIGHTS)), scores, min_size=1))
+@given(st.dictionaries(st.sampled_from(JUDGES), scores, min_size=1))
 def test_combined_lies_between_the_judges(judged: dict[str, float]) -> None:
     combined = combine(judged)
     assert combined is not None
