@@ -171,6 +171,21 @@ def test_nkey_authentication(nkey_server: tuple[str, nkeys.KeyPair], tmp_path: P
     assert shown.returncode == 1 and len(shown.stderr.splitlines()) == 1 and "refused the credentials" in shown.stderr
 
 
+def test_token_authentication(tmp_path: Path, app_name: str) -> None:
+    token = "t0ken-" + os.urandom(8).hex()
+    process, url = start_nats(tmp_path, f'authorization {{ token: "{token}" }}\n')
+    try:
+        with Journal(app_name, {"SOUL_NATS_URL": url.replace("://", f"://{token}@")}) as journal:
+            journal.add(note("signed in with a token"))
+            assert len(list(journal.read())) == 1
+        with pytest.raises(JournalUnavailable, match="refused the credentials") as refused:
+            Journal(app_name, {"SOUL_NATS_URL": url.replace("://", "://wrong-token@"), "SOUL_NATS_TIMEOUT": "2"})
+        assert "wrong-token" not in str(refused.value) and "***@127.0.0.1" in str(refused.value)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 def jwt(issuer: nkeys.KeyPair, subject: str, name: str, claims: dict[str, Any]) -> str:
     """A NATS JWT (v2) signed by `issuer`, the way nsc writes one."""
     body = {"iat": int(time.time()), "iss": public(issuer), "name": name, "sub": subject, "nats": {**claims, "version": 2}}
