@@ -128,8 +128,8 @@ def messages_of(context: Context, self_default: str) -> list[dict[str, str]]:
                 turns.append({"role": "assistant", "content": prose})
             else:  # a tool result reads as something perceived: every chat template knows the user role
                 turns.append({"role": "user", "content": prose if kind == "perception" else f"(tool result) {prose}"})
-    if not any(b.kind == "self" for b in context.blocks):
-        system.insert(0, self_default)
+    if not any(b.kind == "self" for b in context.blocks):  # as the pinned block renders it
+        system.insert(0, f"# Self\n{self_default}")
     if recalled and turns and turns[-1]["role"] == "user":
         turns[-1] = {"role": "user", "content": "\n".join(["(recalled)", *recalled, "", turns[-1]["content"]])}
     return [{"role": "system", "content": "\n\n".join(system)}, *turns]

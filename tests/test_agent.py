@@ -145,6 +145,8 @@ def test_a_perception_left_unanswered_is_pending_until_answered(opened: Any) -> 
     soul = opened()
     assert soul.pending() is None
     seq, perception = soul.perceive("Are you there?")
+    # Before the default self-definition is journaled, the window shows it as the pinned block will.
+    assert soul.window("main", None)[1][0] == {"role": "system", "content": f"# Self\n{DEFAULT_SELF}"}
     soul.close()
     restarted = opened()
     pending = restarted.pending()
