@@ -3,7 +3,8 @@
 Remembered are what the soul perceived, thought, got back from tools, summarised, and the chunks
 of ingested corpora, each with its prose and the vector it was journaled with (nothing is
 re-embedded). Corpus chunks are forgotten again when their file is (`document_removed`, naming
-the chunk event ids) or their corpus is (`corpus_removed`).
+the chunk event ids) or their corpus is (`corpus_removed`), and any event when a `redaction`
+names it (`soul forget`; data: {"event": id}).
 
 A `resonance` event scores the event it judges (data: {"event": id, "score": 0..1, "judge":
 user | self | similarity}; a judgement that names no judge is the user's). `judges` keeps each
@@ -52,7 +53,8 @@ from soul.resonance import HIGH, combine
 log = logging.getLogger("soul.projections.memory")
 
 REMEMBERED = ("perception", "thought", "tool_result", "summary", "chunk_ingested")
-FORGOTTEN = ("document_removed", "corpus_removed")  # corpus chunks leave memory with their file or corpus
+# Corpus chunks leave memory with their file or corpus; any event with its `redaction` (`soul forget`).
+FORGOTTEN = ("document_removed", "corpus_removed", "redaction")
 SPLIT = "./:"  # characters read as spaces in the second half of `words` (and of the query)
 # The second half only for prose with a separator inside a token (most prose has none), and with
 # ts_rank's lowest weight (D, 0.1) against the first half's highest (A, 1.0): words that appear
@@ -64,7 +66,7 @@ COLUMNS = ("seq", "id", "time", "type", "prose", "vector", "embedder", "corpus")
 
 class Memory(Projection):
     name = "memory"
-    version = 3  # 2: each judge's latest score in `judges`; 3: the user's rating decides (soul.resonance.combine)
+    version = 4  # 2: each judge's latest score in `judges`; 3: the user's rating decides; 4: redactions forget
     types = (*REMEMBERED, "resonance", *FORGOTTEN)
     dim = 384
 
@@ -171,6 +173,13 @@ class Memory(Projection):
             if e.topic == "document_removed":
                 ids = [str(i) for i in event.data.get("chunk_ids", [])]
                 cur.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s::uuid[]) AND type = 'chunk_ingested'").format(table), [ids])
+            elif e.topic == "redaction":
+                try:
+                    forgotten = uuid.UUID(str(event.data.get("event")))
+                except ValueError:
+                    log.warning("memory: redaction at seq %d names no event id: %r", e.seq, event.data)
+                    continue
+                cur.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(table), [forgotten])
             elif event.corpus is not None:
                 cur.execute(sql.SQL("DELETE FROM {} WHERE corpus = %s AND type = 'chunk_ingested' AND seq < %s")
                             .format(table), [event.corpus, e.seq])

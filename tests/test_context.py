@@ -195,6 +195,26 @@ def test_retrievals_come_from_the_mounted_corpus_and_memory(journal: Journal, co
     assert not any("chunk" in b.text for b in unmounted.blocks if b.kind == "retrieval")
 
 
+def test_a_forgotten_event_leaves_the_window_and_memory(journal: Journal, conn: psycopg.Connection[Any],
+                                                       pg_url: str) -> None:
+    talk = uuid.uuid4()
+    topic = unit(rng.normal(size=Memory.dim))
+    kept, secret, later = (said(kind, prose, talk, topic) for kind, prose in (
+        ("perception", "the plan is ready"), ("thought", "my bank pin is four digits"), ("perception", "go on")))
+    journal_each(journal, [kept, secret])
+    catch_up(journal, pg_url, Turns(), Memory())  # remembered first, forgotten by a later page
+    journal_each(journal, [later, BifocalEvent("redaction", "forget it", np.zeros(0), originator_id="redactions",
+                                               data={"event": str(secret.id)}),
+                           BifocalEvent("redaction", "names nothing", np.zeros(0), originator_id="redactions",
+                                        data={"event": "not an id"})])
+    catch_up(journal, pg_url, Turns(), Memory())
+    app = journal.factory.env.name
+    context = assemble(conn, app, str(talk), topic, TOKENIZER, 4000, retrieval_k=5)
+    assert "bank pin" not in context.text and "the plan is ready" in context.text and "go on" in context.text
+    remembered = conn.execute(sql.SQL("SELECT prose FROM {} ORDER BY seq").format(Memory.view(app))).fetchall()
+    assert remembered == [("the plan is ready",), ("go on",)]
+
+
 def test_turns_rebuilt_from_the_journal_equal_the_incremental_run_and_bad_summaries_are_skipped(
         journal: Journal, conn: psycopg.Connection[Any], pg_url: str) -> None:
     talk = uuid.uuid4()
@@ -213,8 +233,8 @@ def test_turns_rebuilt_from_the_journal_equal_the_incremental_run_and_bad_summar
         runner.catch_up()
         incremental = rows()
         runner.rebuild()
-    assert rows() == incremental and [r[2] for r in incremental] == ["perception"] * 5 + ["summary"]
-    assert incremental[-1][4:] == (seqs[0], seqs[1])
+    assert rows() == incremental and [r[3] for r in incremental] == ["perception"] * 5 + ["summary"]
+    assert incremental[-1][5:] == (seqs[0], seqs[1])
     assert window(journal, conn, str(talk), 1000).turn_seqs == seqs[2:]
 
 
