@@ -291,6 +291,24 @@ class Daemon:
             return asyncio.run_coroutine_threadsafe(connection.nc.publish(msg.reply, data, headers={PART: part}),
                                                     connection.loop)
 
+        unsent: list[str] = []  # streamed text the loop thread has not published yet
+        guard = threading.Lock()
+
+        async def send_unsent() -> None:
+            with guard:
+                text = "".join(unsent)
+                unsent.clear()
+            await connection.nc.publish(msg.reply, text.encode(), headers={PART: "token"})
+
+        def stream(text: str) -> None:
+            """One message per token while the loop keeps up; tokens that come faster than it
+            publishes travel together, so a fast model is not slowed down by its listeners."""
+            with guard:
+                unsent.append(text)
+                if len(unsent) > 1:  # a publish is scheduled already and will take this too
+                    return
+            asyncio.run_coroutine_threadsafe(send_unsent(), connection.loop)
+
         try:
             request = orjson.loads(msg.data)
             prose = request["prose"]
@@ -299,7 +317,7 @@ class Daemon:
             return
         try:
             result = soul.turn(prose, source=request.get("source") or "user", conversation=request.get("conversation"),
-                               on_token=self._checked(lambda text: reply("token", text.encode())))
+                               on_token=self._checked(stream))
         except Abandoned:
             reply("error", b"the daemon is stopping; your words are journaled and are answered when it starts again").result()
             return

@@ -95,8 +95,12 @@ def send(journal: Journal, to: str, message: BifocalEvent) -> None:
     stream, subject = inbox(to)
 
     async def publish() -> None:
-        await _ensure_inbox(journal, to)
-        await _js(journal).publish(subject, codec.encode(message), stream=stream, headers={"Nats-Msg-Id": message.id.hex})
+        payload, headers = codec.encode(message), {"Nats-Msg-Id": message.id.hex}
+        try:
+            await _js(journal).publish(subject, payload, stream=stream, headers=headers)
+        except nats.js.errors.NoStreamResponseError:  # no inbox yet: the receiver never ran
+            await _ensure_inbox(journal, to)
+            await _js(journal).publish(subject, payload, stream=stream, headers=headers)
 
     try:
         _run(journal, publish())

@@ -131,7 +131,8 @@ def test_kill_9_mid_turn_then_restart_continues_the_conversation(daemons: Daemon
                                                                  soul_home: Path) -> None:
     first = daemons.start()
     with attach(app_name, soul_home) as client:
-        client.turn("my name is Ada")
+        streamed: list[str] = []
+        assert client.turn("my name is Ada", on_token=streamed.append).reply == "".join(streamed) != ""
 
         def kill_at_first_token(_: str) -> None:
             os.kill(first.pid, signal.SIGKILL)

@@ -11,9 +11,10 @@ SmolLM2-135M-Instruct, converted into the temporary home first (~1 minute).
    another, on the same model with the same (default) configuration, each on a fresh journal.
    Turns alternate, in-process then daemon, each in a fresh conversation with the same words,
    so both think over the same window and (greedy decoding) stream the same reply. Measured as
-   the caller sees it: time to the first streamed token, streamed tokens a second after it, and
-   the whole turn. The first turn of each is a warm-up. Baseline: in process. Target: daemon
-   tokens/s >= 0.9 of in-process; the first-token and whole-turn overheads are shown in ms.
+   the caller sees it: time to the first streamed token, streamed characters a second after it
+   (the same text either way), and the whole turn. The first turn of each is a warm-up.
+   Baseline: in process. Target: the daemon's streaming rate >= 0.9 of in-process; the
+   first-token and whole-turn overheads are shown in ms.
 2. Packets: N packets to another soul, `send` (publish, acknowledged, into its inbox) then
    `Inbox.take` (journaled once with its receipt, then acknowledged), against raw nats-py on
    the same server with the same bytes: N `js.publish` into a work-queue stream, then N
@@ -59,14 +60,16 @@ WORDS = "Tell me about the lighthouse on the northern cape and who keeps it."
 
 
 def timed_turn(turn: Any, conversation: str) -> dict[str, float]:
-    """One turn as its caller sees it: first token, streamed tokens/s, whole turn."""
-    stamps: list[float] = []
+    """One turn as its caller sees it: first streamed text, streaming rate, whole turn. The rate
+    is in characters a second after the first piece: the daemon sends tokens that come faster
+    than it publishes together, so pieces are not tokens; the text is the same."""
+    pieces: list[tuple[float, int]] = []
     start = time.perf_counter()
-    turn(WORDS, conversation=conversation, on_token=lambda _: stamps.append(time.perf_counter()))
+    result = turn(WORDS, conversation=conversation, on_token=lambda text: pieces.append((time.perf_counter(), len(text))))
     end = time.perf_counter()
-    streaming = stamps[-1] - stamps[0] if len(stamps) > 1 else float("nan")
-    return {"first_token_s": stamps[0] - start, "tokens": len(stamps),
-            "tokens_per_s": (len(stamps) - 1) / streaming, "turn_s": end - start}
+    streamed = sum(n for _, n in pieces[1:])
+    return {"first_token_s": pieces[0][0] - start, "tokens": result.generation.generated_tokens,
+            "chars_per_s": streamed / (pieces[-1][0] - pieces[0][0]), "turn_s": end - start}
 
 
 def start_daemon(home: Path, app: str, model: Path) -> subprocess.Popen[bytes]:
@@ -109,7 +112,7 @@ def turns(home: Path, pg_url: str, model: Path, count: int) -> dict[str, Any]:
     base, served = median["in-process"], median["daemon"]
     return {
         "median": median,
-        "tokens_per_s_ratio": served["tokens_per_s"] / base["tokens_per_s"],
+        "stream_ratio": served["chars_per_s"] / base["chars_per_s"],
         "first_token_overhead_ms": 1000 * (served["first_token_s"] - base["first_token_s"]),
         "turn_overhead_ms": 1000 * (served["turn_s"] - base["turn_s"]),
         "same_reply_length": served["tokens"] == base["tokens"],
@@ -203,13 +206,13 @@ def main() -> None:
     else:
         t, p = figures["turns"], figures["packets"]
         for name, row in t["median"].items():
-            print(f"turn {name:<11} first token {row['first_token_s'] * 1000:8.1f} ms  {row['tokens_per_s']:7.1f} tokens/s  "
+            print(f"turn {name:<11} first token {row['first_token_s'] * 1000:8.1f} ms  {row['chars_per_s']:8.1f} chars/s  "
                   f"turn {row['turn_s']:7.2f} s  ({row['tokens']:.0f} tokens)")
-        print(f"daemon/in-process tokens/s {t['tokens_per_s_ratio']:.3f} (target >= {TARGET}); first token "
+        print(f"daemon/in-process streaming {t['stream_ratio']:.3f} (target >= {TARGET}); first token "
               f"{t['first_token_overhead_ms']:+.1f} ms, whole turn {t['turn_overhead_ms']:+.1f} ms")
         print(f"packets send {p['send_per_s']:8.1f}/s vs raw publish {p['raw_publish_per_s']:8.1f}/s  ratio {p['send_ratio']:.3f}")
         print(f"packets take {p['take_per_s']:8.1f}/s vs raw fetch+ack {p['raw_fetch_ack_per_s']:8.1f}/s  ratio {p['take_ratio']:.3f}")
-    if figures["turns"]["tokens_per_s_ratio"] < TARGET:
+    if figures["turns"]["stream_ratio"] < TARGET:
         sys.exit(1)
 
 
