@@ -29,6 +29,7 @@ one stopped, and `pending` finds a perception that a dead process never answered
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -305,7 +306,7 @@ class Soul:
                   cause: BifocalEvent | None = None) -> ToolOutcome:
         """Run tool `name`, journaling the call and its result; an error or a timeout is a result too."""
         conversation = conversation or self.conversation
-        prose = f"{name} {arguments}" if arguments else name
+        prose = f"{name} {json.dumps(arguments, ensure_ascii=False)}" if arguments else name
         call_seq, call = self.journal.add(BifocalEvent(
             "tool_call", prose, self.embedder.embed([prose])[0], self.embedder.id, conversation,
             causation_id=cause.id if cause else None, data={"tool": name, "arguments": arguments}))

@@ -208,6 +208,7 @@ def test_chat_commands_reach_the_tools(opened: Any) -> None:
     assert "Ada" in recalled.reply and len(recalled.tool_seqs) == 2
     call, result = (e for e in events(soul)[-2:])
     assert call.type == "tool_call" and call.data == {"tool": "recall", "arguments": {"query": "lighthouse keeper"}}
+    assert call.prose == 'recall {"query": "lighthouse keeper"}' and call.embedder.dim == 384
     assert result.type == "tool_result" and result.data["outcome"] == "ok" and result.causation_id == call.id
 
     assert soul.turn("/self I am Tern, a careful keeper of lights.").reply == "self-definition rewritten"
