@@ -143,8 +143,8 @@ def chat(ctx: click.Context, conversation: str, model: Path | None, as_generatio
     with open_soul(ctx, model, as_generation) as soul:
         click.echo(f"soul {soul.app}, conversation {conversation!r}, thinking with {soul.mind.model_id}; "
                    "/help for commands, Ctrl-D to leave", err=True)
-        answer_pending(soul, conversation)
         try:
+            answer_pending(soul, conversation)
             while True:
                 line = read_line()
                 if line is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -165,3 +166,16 @@ def test_the_promoted_generation_thinks_and_a_past_self_answers_as_of_its_cut(
         assert next(reader.read(since=answered["thought_seq"], limit=1)).event.data["generation"] == "gen-1"
     unknown = soul(app, "say", "hi", "--as", "gen-7")
     assert unknown.exit_code == 1 and unknown.stderr.startswith("Error: no generation gen-7 in the lineage")
+
+
+def test_ctrl_c_leaves_chat_cleanly(app: str, tiny: Path) -> None:
+    chat = subprocess.Popen([sys.executable, "-m", "soul", "--app", app, "chat", "--model", str(tiny)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = chat.stderr.readline()  # the soul is open and waits for a line
+        assert "Ctrl-D to leave" in banner, banner
+        chat.send_signal(signal.SIGINT)
+        out, err = chat.communicate(timeout=60)
+    finally:
+        chat.kill()
+    assert chat.returncode == 0 and err.strip() == "bye" and "Traceback" not in err
