@@ -179,7 +179,11 @@ class Connection:
             pass
         else:
             return self.run(coro)
-        own = self._own_client()
+        try:
+            own = self._own_client()
+        except BaseException:
+            coro.close()  # never to run: say so quietly rather than as "never awaited"
+            raise
         with own.busy:
             try:
                 return own.loop.run_until_complete(coro)

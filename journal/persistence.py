@@ -397,10 +397,13 @@ class JetStreamStore:
             try:
                 return await read(start, count, subject_filter)
             except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.errors.NoRespondersError,
-                    nats.js.errors.ServiceUnavailableError) as e:
+                    nats.js.errors.ServiceUnavailableError, _Retry) as e:
                 # A cluster electing a new leader answers nothing for a moment; reading is safe to repeat.
                 error = e
                 await asyncio.sleep(_backoff(attempt))
+        if isinstance(error, _Retry):
+            raise JournalUnavailable(f"the stream {self.stream} at {self.connection.where} has had no leader for "
+                                     f"{_PATIENCE * self.connection.timeout:g}s; check the cluster (`soul services status`)")
         raise error  # type: ignore[misc]  # the first attempt always runs
 
     async def _collect(self, subject: str, request: bytes, count: int, parse: Any, is_stored: Any) -> tuple[list[Stored], bool]:
@@ -424,6 +427,8 @@ class JetStreamStore:
                 more.set_result(int(msg.headers.get("Nats-Num-Pending", 0)) > 0)
             elif status in ("404", "408"):  # nothing (more) to read
                 more.set_result(False)
+            elif status == "503":  # no leader right now (a cluster electing one): read() retries
+                more.set_exception(_Retry())
             else:
                 more.set_exception(DatabaseError(f"JetStream read failed: {status} {msg.headers.get('Description')}"))
 
