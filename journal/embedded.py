@@ -51,11 +51,16 @@ def process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie child (we started it in this process) is not alive.
+    # A zombie is not alive: reap it if it is our child, else read its state (Linux).
     try:
         return os.waitpid(pid, os.WNOHANG) == (0, 0)
     except ChildProcessError:
-        return True
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(pid, 0) said it exists
+    return state != "Z"
 
 
 def stop_process(pid: int, polite: signal.Signals, forceful: signal.Signals, timeout: float) -> None:

@@ -1,7 +1,8 @@
 """`soul say`, `soul chat`, `soul rate`: talking to the soul (soul/agent.py).
 
-`open_soul` is the one place that decides where the soul runs: today in this process (the
-model is loaded here); it is the seam for attaching to a running `soul daemon` instead.
+`open_soul` is the one place that decides where the soul runs: in the running `soul daemon`
+when there is one (attached over NATS, soul/daemon.py), else in this process (the model is
+loaded here).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ SPEAKER = "soul> "
 
 model_option = click.option(
     "--model", type=click.Path(path_type=Path), envvar="SOUL_MODEL", metavar="DIR",
-    help="An MLX model directory to think with (SOUL_MODEL). Default: the embedded SmolLM2-135M-Instruct.")
+    help="An MLX model directory to think with (SOUL_MODEL). Default: the promoted generation, else the embedded SmolLM2-135M-Instruct.")
 as_option = click.option(
     "--as", "as_generation", metavar="gen-N",
     help="Talk to a past self: generation N's weights, remembering only the journal up to its cut.")
