@@ -10,7 +10,7 @@
     keys: [self_attn.q_proj, self_attn.k_proj, self_attn.v_proj]
     num_layers: -1          # the last N layers get LoRA; -1 = all
     iters: 30
-    learning_rate: 2.0e-5
+    learning_rate: 1.0e-5
     batch_size: 4
     max_seq_length: 1024
     scale: 20.0             # mlx-lm's LoRA scale: ΔW = scale · Bᵀ Aᵀ
@@ -25,11 +25,11 @@
     anchor: anchor-v1       # the fixed anchor text set (evolution/anchor-v1.txt)
 
 Absent keys take the defaults below. The learning rate, iterations and λ were chosen by
-measurement on the embedded SmolLM2 (docs/evolution.md: `ops/bench/evolution_evidence.py`):
-they cut the loss on a curated set by about two thirds while anchor-set perplexity rises ~3 %,
-well inside the guard's 10 %; λ 1 (the design's seed) raised it 16-18 %. Unknown keys are
-refused, so a config never means more than what runs. Numbers written `1e-4` are read as
-numbers (YAML 1.1 would read a string).
+measurement on the embedded SmolLM2 (docs/evolution.md, `ops/bench/evolution_evidence.py`):
+a generation halves the loss on its curated set while anchor-set perplexity rises 0-4 %,
+inside the guard's 10 %; λ 1 (the design's seed) cost 16-19 %, and a learning rate of 2e-5
+overshot the guard on a small curated set. Unknown keys are refused, so a config never means
+more than what runs. Numbers written `1e-4` are read as numbers (YAML 1.1 would read a string).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class EvolutionConfig:
     keys: tuple[str, ...] = LORA_KEYS
     num_layers: int = -1
     iters: int = 30
-    learning_rate: float = 2e-5
+    learning_rate: float = 1e-5
     batch_size: int = 4
     max_seq_length: int = 1024
     scale: float = 20.0
