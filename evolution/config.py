@@ -150,7 +150,8 @@ class EvolutionConfig:
             doc["lam"] = doc.pop("lambda")
         names = {f.name for f in fields(cls)}
         if unknown := set(doc) - names:
-            raise MergeConfigError(f"unknown keys {sorted(unknown)}; known: {sorted(names - {'lam'} | {'lambda', 'merge_method', 'parameters'})}")
+            known = sorted(names - {"lam"} | {"lambda", "merge_method", "parameters"})
+            raise MergeConfigError(f"unknown keys {sorted(unknown)}; known: {known}")
         return cls(**doc)
 
     def as_dict(self) -> dict[str, Any]:

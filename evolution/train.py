@@ -144,6 +144,7 @@ def train_adapter(model_dir: Path, rows: list[dict[str, Any]], config: Evolution
     if config.num_layers > len(model.layers):
         raise ValueError(f"num_layers {config.num_layers}: the model has only {len(model.layers)} layers")
     settings = adapter_config(config, len(rows))
+    fitted, shortened, over = fit_rows(rows, tokenizer, config.max_seq_length)
     adapters_root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=adapters_root, prefix=".train-"))
     try:
@@ -158,11 +159,11 @@ def train_adapter(model_dir: Path, rows: list[dict[str, Any]], config: Evolution
         reporter = _Reporter(progress, config.iters, sys.stdout)
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
             train(model, optim.Adam(learning_rate=config.learning_rate),
-                  CacheDataset(ChatDataset(rows, tokenizer, mask_prompt=True)), args=args, training_callback=reporter)
+                  CacheDataset(ChatDataset(fitted, tokenizer, mask_prompt=True)), args=args, training_callback=reporter)
         (work / CONFIG_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
         sha256 = sha256_file(work / ADAPTER_FILE)
-        training = {"cache_key": key, "environment": env, "rows": len(rows),
-                    "rows_sha256": hashlib.sha256(canonical_json(rows)).hexdigest()}
+        training = {"cache_key": key, "environment": env, "rows": len(rows), "rows_shortened": shortened,
+                    "rows_over_length": over, "rows_sha256": hashlib.sha256(canonical_json(rows)).hexdigest()}
         (work / TRAINING_FILE).write_text(json.dumps(training, indent=2, sort_keys=True) + "\n")
         final = adapters_root / sha256
         if final.is_dir() and sha256_file(final / ADAPTER_FILE) == sha256:
@@ -174,6 +175,29 @@ def train_adapter(model_dir: Path, rows: list[dict[str, Any]], config: Evolution
         shutil.rmtree(work, ignore_errors=True)
     _remember(adapters_root, key, sha256)
     return TrainedAdapter(final, sha256, settings, env)
+
+
+def fit_rows(rows: list[dict[str, Any]], tokenizer: Any, max_seq_length: int) -> tuple[list[dict[str, Any]], int, int]:
+    """`rows` with the oldest context messages of each row longer than `max_seq_length` tokens
+    dropped until it fits (the system message and the last two messages always stay); how many
+    were shortened; how many are still too long (mlx-lm cuts their end). Without this, mlx-lm
+    would cut a long row's end: the very thought it should learn."""
+    fitted, shortened, over = [], 0, 0
+    for row in rows:
+        messages = row["messages"]
+        first = 1 if messages and messages[0].get("role") == "system" else 0
+        length = len(tokenizer.apply_chat_template(messages))
+        if length > max_seq_length and len(messages) - first > 2:
+            shortened += 1
+            while length > max_seq_length and len(messages) - first > 2:
+                messages = messages[:first] + messages[first + 1:]
+                length = len(tokenizer.apply_chat_template(messages))
+        over += length > max_seq_length
+        fitted.append({**row, "messages": messages})
+    if shortened or over:
+        log.warning("%d training rows lost old context to fit max_seq_length %d tokens; %d are still longer "
+                    "and lose their end", shortened, max_seq_length, over)
+    return fitted, shortened, over
 
 
 def _remember(adapters_root: Path, key: str, sha256: str) -> None:

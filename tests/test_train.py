@@ -14,7 +14,7 @@ from mlx_lm.tuner.datasets import ChatDataset
 from evolution.config import EvolutionConfig
 from evolution.evaluate import anchor_texts, loss, perplexity
 from evolution.ties import LoraAdapter, merge_model, model_hashes, root_hash
-from evolution.train import KEYS, adapter_config, cache_key, environment, find_cached, train_adapter
+from evolution.train import KEYS, TRAINING_FILE, adapter_config, cache_key, environment, find_cached, fit_rows, train_adapter
 from tiny_model import build_tiny_model
 
 CONFIG = EvolutionConfig(rank=4, iters=8, learning_rate=1e-3, batch_size=2, max_seq_length=128)
@@ -80,6 +80,25 @@ def test_small_data_and_bad_settings(tiny: Path, tmp_path: Path) -> None:
         train_adapter(tiny, [], CONFIG, tmp_path)
     with pytest.raises(ValueError, match="only 2 layers"):
         train_adapter(tiny, ROWS, EvolutionConfig(num_layers=3), tmp_path)
+
+
+def test_long_rows_lose_old_context_not_their_thought(tiny: Path, tmp_path: Path) -> None:
+    _, tokenizer = mlx_load(str(tiny))
+    history = [{"role": ("user", "assistant")[i % 2], "content": f"old turn {i} " * 4} for i in range(6)]
+    long = {"messages": [{"role": "system", "content": "You are a fox."}, *history,
+                         {"role": "user", "content": "And now?"}, {"role": "assistant", "content": "Yip."}]}
+    hopeless = {"messages": [{"role": "user", "content": "x" * 200}, {"role": "assistant", "content": "Yip."}]}
+    fitted, shortened, over = fit_rows([ROWS[0], long, hopeless], tokenizer, 128)
+    assert (shortened, over) == (1, 1)
+    assert fitted[0] == ROWS[0] and fitted[2] == hopeless
+    kept = fitted[1]["messages"]
+    assert kept[0] == long["messages"][0] and kept[-2:] == long["messages"][-2:]  # system, question, thought
+    assert kept[1:-2] == history[len(history) - len(kept) + 3:]  # the newest context that fits
+    one_more = [kept[0], history[-len(kept) + 2], *kept[1:]]
+    assert len(tokenizer.apply_chat_template(kept)) <= 128 < len(tokenizer.apply_chat_template(one_more))
+    trained = train_adapter(tiny, [*ROWS, long], CONFIG, tmp_path)
+    record = json.loads((trained.path / TRAINING_FILE).read_text())
+    assert (record["rows"], record["rows_shortened"], record["rows_over_length"]) == (6, 1, 0)
 
 
 def test_num_layers_limits_lora_to_the_last_layers(tiny: Path, tmp_path: Path) -> None:

@@ -120,9 +120,13 @@ def main() -> None:
             config = EvolutionConfig(iters=args.iters, learning_rate=lr)
             started = time.perf_counter()
             losses: list[float] = []
-            adapter = train_adapter(base_dir, CURATED, config, work / "adapters",
-                                    lambda i, n, loss: (losses.append(loss), _say(f"lr {lr:g} iter {i}/{n} loss {loss:.3f}")
-                                                        if i % 10 == 0 else None))
+
+            def progress(i: int, n: int, loss: float) -> None:
+                losses.append(loss)
+                if i % 10 == 0:
+                    _say(f"lr {lr:g} iter {i}/{n} loss {loss:.3f}")
+
+            adapter = train_adapter(base_dir, CURATED, config, work / "adapters", progress)
             trained = {"learning_rate": lr, "train_seconds": time.perf_counter() - started,
                        "first_loss": losses[0], "last_loss": losses[-1], "adapter": adapter.sha256, "merges": []}
             results["runs"].append(trained)
