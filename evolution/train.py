@@ -52,7 +52,7 @@ CONFIG_FILE = "adapter_config.json"  # mlx-lm's name and format
 TRAINING_FILE = "training.json"  # what the adapter was trained from and on
 KEYS = "by-key"  # <adapters_root>/by-key/<cache key> holds the sha256 of the adapter it names
 # Bump when the training recipe below changes what it produces: older cache keys stop matching.
-RECIPE = 1
+RECIPE = 2  # 2: rows fitted to max_seq_length by dropping old context
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 Progress = Callable[[int, int, float], None]  # (iteration, iterations, training loss)
