@@ -39,6 +39,8 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, fields
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,7 @@ LORA_KEYS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 TRAINING_FIELDS = ("seed", "rank", "keys", "num_layers", "iters", "learning_rate", "batch_size",
                    "max_seq_length", "scale")
 MERGEKIT_PARAMETERS = {"density", "weight", "normalize", "int8_mask", "lambda"}
+_ANCHOR = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
 @dataclass(frozen=True)
@@ -106,10 +109,9 @@ class EvolutionConfig:
         if isinstance(self.keys, str) or not all(isinstance(k, str) and k for k in self.keys) or not self.keys:
             raise MergeConfigError(f"keys: a list of module paths such as {list(LORA_KEYS)}, not {self.keys!r}")
         set_(self, "keys", tuple(self.keys))
-        for name in ("corpus", "anchor"):
-            value = getattr(self, name)
-            if not (value is None and name == "corpus") and not (isinstance(value, str) and value):
-                raise MergeConfigError(f"{name}: a name, not {value!r}")
+        if self.corpus is not None and not (isinstance(self.corpus, str) and self.corpus):
+            raise MergeConfigError(f"corpus: a corpus name, not {self.corpus!r}")
+        anchor_file(self.anchor)
         if self.clusters is not None:
             _check_int(self.clusters, "clusters", 1)
         if self.cluster is not None:
@@ -167,6 +169,15 @@ class EvolutionConfig:
         """The settings a trained adapter depends on (and nothing a merge or curation uses)."""
         values = self.as_dict()
         return {name: values[name] for name in TRAINING_FIELDS}
+
+
+def anchor_file(name: Any) -> Traversable:
+    """The anchor set `name`: the text file evolution/<name>.txt shipped with soul."""
+    path = files("evolution") / f"{name}.txt" if isinstance(name, str) and _ANCHOR.fullmatch(name) else None
+    if path is None or not path.is_file():
+        shipped = sorted(p.name.removesuffix(".txt") for p in files("evolution").iterdir() if p.name.startswith("anchor-"))
+        raise MergeConfigError(f"anchor: no anchor set {name!r}; shipped: {', '.join(shipped)}")
+    return path
 
 
 def canonical_json(value: Any) -> bytes:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.tuner.datasets import ChatDataset
 from mlx_lm.tuner.trainer import default_loss
 
+from evolution.config import anchor_file
 from soul.model import load
 
 Loaded = tuple[nn.Module, TokenizerWrapper]
@@ -28,10 +28,7 @@ Loaded = tuple[nn.Module, TokenizerWrapper]
 
 def anchor_texts(name: str = "anchor-v1") -> list[str]:
     """The passages of the anchor set `name` (`evolution/<name>.txt`, blank-line separated)."""
-    resource = files("evolution") / f"{name}.txt"
-    if not resource.is_file():
-        raise ValueError(f"no anchor set {name!r} (evolution/{name}.txt)")
-    return [p.strip() for p in resource.read_text("utf-8").split("\n\n") if p.strip()]
+    return [p.strip() for p in anchor_file(name).read_text("utf-8").split("\n\n") if p.strip()]
 
 
 def perplexity(model: Path | str | Loaded, texts: Sequence[str]) -> float:

@@ -325,6 +325,8 @@ def test_config_reads_mergekit_vocabulary(tmp_path) -> None:
     ("learning_rat: 0.1", "unknown keys"),
     ("- 1", "mapping"),
     ("a: [", "not valid YAML"),
+    ("anchor: anchor-v0", "no anchor set 'anchor-v0'; shipped: anchor-v1"),
+    ("anchor: ../../etc/passwd", "no anchor set"),
 ])
 def test_config_mistakes_are_named(text: str, message: str) -> None:
     with pytest.raises(MergeConfigError, match=message):
