@@ -234,8 +234,10 @@ def test_nats_restarted_under_a_running_projection(own_nats: EmbeddedNats, pg_ur
             thread = threading.Thread(target=run)
             thread.start()
             own_nats.stop()
-            time.sleep(1.5)  # the runner meets a journal that does not answer
-            assert thread.is_alive(), failures
+            deadline = time.monotonic() + 30  # reads retry for 6 timeouts first, then the runner waits
+            while not any("waits for its servers" in line for line in said):
+                assert time.monotonic() < deadline and thread.is_alive(), failures
+                time.sleep(0.1)
             assert own_nats.start() == url  # same port, same store
             deadline = time.monotonic() + 60
             while True:  # the client reconnects by itself; appends work again once it has
@@ -256,7 +258,6 @@ def test_nats_restarted_under_a_running_projection(own_nats: EmbeddedNats, pg_ur
         stop.set()
         drop_schema(pg_url, app_name)
     assert failures == [] and seqs == list(range(1, 101))
-    assert any("waits for its servers" in line for line in said)
 
 
 def test_events_a_view_cannot_hold_are_dead_letters_and_the_rest_is_applied(
