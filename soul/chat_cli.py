@@ -142,9 +142,9 @@ def chat(ctx: click.Context, conversation: str, model: Path | None, as_generatio
     """Talk with the soul: replies stream as they are generated; `/help` lists the commands.
     Ctrl-D (or Ctrl-C) leaves; the conversation stays in the journal for next time."""
     with open_soul(ctx, model, as_generation) as soul:
-        click.echo(f"soul {soul.app}, conversation {conversation!r}, thinking with {soul.mind.model_id}; "
-                   "/help for commands, Ctrl-D to leave", err=True)
-        try:
+        try:  # the banner inside: a Ctrl-C the moment it is shown still leaves with "bye"
+            click.echo(f"soul {soul.app}, conversation {conversation!r}, thinking with {soul.mind.model_id}; "
+                       "/help for commands, Ctrl-D to leave", err=True)
             answer_pending(soul, conversation)
             while True:
                 line = read_line()
