@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -52,7 +53,11 @@ CONFIG_FILE = "adapter_config.json"  # mlx-lm's name and format
 TRAINING_FILE = "training.json"  # what the adapter was trained from and on
 KEYS = "by-key"  # <adapters_root>/by-key/<cache key> holds the sha256 of the adapter it names
 # Bump when the training recipe below changes what it produces: older cache keys stop matching.
-RECIPE = 2  # 2: rows fitted to max_seq_length by dropping old context
+RECIPE = 3  # 2: rows fitted to max_seq_length by dropping old context; 3: at most MAX_EPOCHS
+# Iterations are capped at this many passes over the curated rows: 30 iterations of batch 4 over
+# 8 short moments (15 epochs) raised SmolLM2's anchor perplexity 11 %, past the guard, while 10
+# epochs (12 rows) stayed at 4 % (docs/evolution.md).
+MAX_EPOCHS = 10
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 Progress = Callable[[int, int, float], None]  # (iteration, iterations, training loss)
@@ -110,6 +115,11 @@ def find_cached(adapters_root: Path, key: str) -> TrainedAdapter | None:
     return TrainedAdapter(path, sha256, config, training["environment"])
 
 
+def iterations(config: EvolutionConfig, rows: int) -> int:
+    """`config.iters`, or fewer when that many would pass over the `rows` more than MAX_EPOCHS times."""
+    return min(config.iters, max(1, math.ceil(MAX_EPOCHS * rows / min(config.batch_size, rows))))
+
+
 def adapter_config(config: EvolutionConfig, rows: int) -> dict[str, Any]:
     """adapter_config.json as mlx-lm's lora writes it (the keys its `load_adapters` reads, and
     the training arguments), for `rows` training rows."""
@@ -119,7 +129,7 @@ def adapter_config(config: EvolutionConfig, rows: int) -> dict[str, Any]:
         "lora_parameters": {"rank": config.rank, "scale": config.scale, "dropout": 0.0, "keys": list(config.keys)},
         "optimizer": "adam",
         "learning_rate": config.learning_rate,
-        "iters": config.iters,
+        "iters": iterations(config, rows),
         "batch_size": min(config.batch_size, rows),  # mlx-lm refuses a batch larger than the data
         "max_seq_length": config.max_seq_length,
         "mask_prompt": True,
@@ -153,10 +163,10 @@ def train_adapter(model_dir: Path, rows: list[dict[str, Any]], config: Evolution
         linear_to_lora_layers(model, config.num_layers, settings["lora_parameters"])
         np.random.seed(config.seed)  # mlx-lm's trainer shuffles batches with numpy's global generator
         args = TrainingArgs(
-            batch_size=settings["batch_size"], iters=config.iters, max_seq_length=config.max_seq_length,
-            steps_per_report=1, steps_per_save=config.iters + 1, adapter_file=str(work / ADAPTER_FILE),
+            batch_size=settings["batch_size"], iters=settings["iters"], max_seq_length=config.max_seq_length,
+            steps_per_report=1, steps_per_save=settings["iters"] + 1, adapter_file=str(work / ADAPTER_FILE),
         )
-        reporter = _Reporter(progress, config.iters, sys.stdout)
+        reporter = _Reporter(progress, settings["iters"], sys.stdout)
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
             train(model, optim.Adam(learning_rate=config.learning_rate),
                   CacheDataset(ChatDataset(fitted, tokenizer, mask_prompt=True)), args=args, training_callback=reporter)

@@ -14,7 +14,8 @@ from mlx_lm.tuner.datasets import ChatDataset
 from evolution.config import EvolutionConfig
 from evolution.evaluate import anchor_texts, loss, perplexity
 from evolution.ties import LoraAdapter, merge_model, model_hashes, root_hash
-from evolution.train import KEYS, TRAINING_FILE, adapter_config, cache_key, environment, find_cached, fit_rows, train_adapter
+from evolution.train import (KEYS, MAX_EPOCHS, TRAINING_FILE, adapter_config, cache_key, environment, find_cached, fit_rows,
+                             iterations, train_adapter)
 from tiny_model import build_tiny_model
 
 CONFIG = EvolutionConfig(rank=4, iters=8, learning_rate=1e-3, batch_size=2, max_seq_length=128)
@@ -48,6 +49,16 @@ def test_same_seed_same_bytes_and_mlx_lm_format(tiny: Path, tmp_path: Path) -> N
     model, tokenizer = mlx_load(str(tiny), adapter_path=str(first.path))  # and by mlx-lm itself
     base, _ = mlx_load(str(tiny))
     assert loss(model, tokenizer, ROWS) < loss(base, tokenizer, ROWS)
+
+
+def test_training_passes_over_the_rows_at_most_max_epochs_times(tiny: Path, tmp_path: Path) -> None:
+    assert MAX_EPOCHS == 10
+    defaults = EvolutionConfig()  # 30 iterations of batch 4
+    assert [iterations(defaults, rows) for rows in (1, 2, 4, 8, 12, 13, 100)] == [10, 10, 10, 20, 30, 30, 30]
+    few = EvolutionConfig(**{**CONFIG.as_dict(), "iters": 40})  # batch 2: ten passes over 5 rows are 25 batches
+    reports: list[tuple[int, int, float]] = []
+    adapter = train_adapter(tiny, ROWS, few, tmp_path, lambda *r: reports.append(r))
+    assert adapter.config["iters"] == iterations(few, len(ROWS)) == 25 and len(reports) == 25
 
 
 def test_cached_adapter_found_by_its_key(tiny: Path, tmp_path: Path) -> None:
