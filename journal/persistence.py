@@ -361,7 +361,7 @@ class JetStreamStore:
         """
         js = self.connection.nc.jetstream(timeout=self.connection.timeout)
         try:
-            msg = await js.get_last_msg(self.stream, subject)
+            msg = await self._patiently(lambda: js.get_last_msg(self.stream, subject))
         except nats.js.errors.NotFoundError:
             return None
         return Stored(msg.seq, msg.subject, msg.headers or {}, msg.data or b"")
@@ -392,16 +392,20 @@ class JetStreamStore:
         # DIRECT.GET is cheaper for a few messages, but any replica may answer it: only a
         # single-replica stream is sure to include the latest write.
         read = self._read_direct if count <= 100 and self.replicas == 1 else self._read_consumer
+        return await self._patiently(lambda: read(start, count, subject_filter))
+
+    async def _patiently(self, attempt: Any) -> Any:
+        """`await attempt()`, again while the server answers nothing or has no stream leader (a
+        cluster electing one), for the retry budget; only for what is safe to repeat (reads)."""
         error: Exception | None = None
-        for attempt in _retries(self.connection.timeout):
+        for n in _retries(self.connection.timeout):
             try:
-                return await read(start, count, subject_filter)
+                return await attempt()
             except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.errors.NoRespondersError,
                     nats.js.errors.ServiceUnavailableError, _Retry) as e:
-                # A cluster electing a new leader answers nothing for a moment; reading is safe to repeat.
                 error = e
-                await asyncio.sleep(_backoff(attempt))
-        if isinstance(error, _Retry):
+                await asyncio.sleep(_backoff(n))
+        if isinstance(error, (_Retry, nats.js.errors.ServiceUnavailableError)):
             raise JournalUnavailable(f"the stream {self.stream} at {self.connection.where} has had no leader for "
                                      f"{_PATIENCE * self.connection.timeout:g}s; check the cluster (`soul services status`)")
         raise error  # type: ignore[misc]  # the first attempt always runs
