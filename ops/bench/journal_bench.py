@@ -19,7 +19,7 @@ The Application path models a soul's turn loop: one Conversation aggregate, kept
 memory, triggered once per perception and saved after each trigger (one event per save,
 so one JetStream publish); a new aggregate per save is also shown, for information.
 Rows marked "diag:" are raw nats-py variants that locate where the journal's time goes
-(a synchronous call through the journal's loop thread, a raw ADR-50 atomic batch, raw
+(a synchronous call in place and one through the background loop thread, a raw ADR-50 atomic batch, raw
 DIRECT.GET reads); they carry no target.
 
 Every path is warmed up first, measured `--repeats` times (interleaved with its baseline)
