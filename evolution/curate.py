@@ -2,7 +2,7 @@
 
 A moment is a target event (the soul's own `thought`s, and `chunk_ingested` corpus texts)
 between the previous cut (exclusive) and this cut (inclusive) whose resonance as of the cut
-reaches the threshold. Its resonance is `soul.resonance.combine` of each judge's latest score
+reaches the threshold. Its resonance is `projections.resonance.combine` of each judge's latest score
 among the `resonance` events up to the cut, so judgements made after the cut never change a
 sealed curation. A config may narrow the moments to one corpus, or to one cluster of a seeded
 k-means over their vectors. Redacted events (`redaction` events name them in `data.event`)
@@ -27,7 +27,7 @@ from evolution.config import EvolutionConfig
 from journal.event import BifocalEvent
 from journal.journal import Entry, Journal
 from projections.turns import TURNS
-from soul.resonance import combine
+from projections.resonance import combine
 
 log = logging.getLogger("soul.evolution.curate")
 

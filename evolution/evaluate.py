@@ -21,7 +21,7 @@ from mlx_lm.tuner.datasets import ChatDataset
 from mlx_lm.tuner.trainer import default_loss
 
 from evolution.config import anchor_file
-from soul.model import load
+from evolution.weights.model import load
 
 Loaded = tuple[nn.Module, TokenizerWrapper]
 

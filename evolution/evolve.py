@@ -27,10 +27,11 @@ from evolution.config import EvolutionConfig
 from evolution.curate import Curation, curate, redacted_ids, summary, training_rows
 from evolution.lineage import Generation, chain, current_epoch, lineage, record
 from evolution.store import GenerationStore
-from evolution.ties import LoraAdapter, MergeSeal, merge_model, model_hashes, root_hash
+from evolution.ties import LoraAdapter, MergeSeal, merge_model
+from evolution.weights.files import model_hashes, root_hash
 from evolution.train import cache_key, environment, find_cached, train_adapter
 from journal.journal import Journal
-from soul.model import embedded_model_dir, load
+from evolution.weights.model import embedded_model_dir, load
 
 # (stage, done, total): stages are "training" and "merging"
 Progress = Callable[[str, int, int], None]
@@ -313,7 +314,7 @@ def measure(base: Base, parent: Generation | None, parent_dir: Path, folder: Pat
 
 
 def _app(journal: Journal) -> str:
-    return journal.factory.env.name
+    return journal.app
 
 
 # -- forgetting: the lineage derived again -----------------------------------------------------

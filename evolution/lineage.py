@@ -165,7 +165,7 @@ def resolve(journal: Journal, home: Path, name: str) -> tuple[Path, int]:
     """(model folder, journal cut) of generation `name`, to talk as that past self; LineageError
     if the lineage lacks it, or if the store does not hold its weights (a replay rebuilds them)."""
     generation = find(journal, name)
-    folder = GenerationStore(home, journal.factory.env.name).weights(generation.root_sha256)
+    folder = GenerationStore(home, journal.app).weights(generation.root_sha256)
     if folder is None:
         raise LineageError(f"{generation.name}'s weights are not in the store; "
                            f"`soul replay --to {generation.name}` rebuilds them")

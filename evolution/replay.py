@@ -52,7 +52,7 @@ def replay(journal: Journal, home: Path, to: str, base: Base, *, from_scratch: b
     """Rebuild generation `to` ("gen-N") and compare it with its seal."""
     target = find(journal, to)
     generations = [g for g in chain(lineage(journal)) if g.number <= target.number]
-    store = GenerationStore(home, journal.factory.env.name)
+    store = GenerationStore(home, journal.app)
     redacted = redacted_ids(journal)
     report = Report(target.name, target.root_sha256, "")
     if base.root_sha256 != target.seal["base_root"]:

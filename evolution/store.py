@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from evolution.ties import MergeSeal, model_hashes, root_hash
+from evolution.ties import MergeSeal
+from evolution.weights.files import model_hashes, root_hash
 
 SEAL_FILE = "seal.json"
 ACTIVE_FILE = "active.json"

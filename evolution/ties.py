@@ -22,14 +22,15 @@ import hashlib
 import json
 import math
 import shutil
-import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import mlx.core as mx
 import numpy as np
+
+from evolution.weights.files import StoredTensor, copy_range, from_float32, read_layout, root_hash, to_float32
 
 # -- the per-tensor merge ------------------------------------------------------------------
 
@@ -180,97 +181,6 @@ class LoraAdapter:
         return lora_delta(a, b, self.scale)
 
 
-# -- safetensors, one tensor at a time -----------------------------------------------------
-
-MERGEABLE_DTYPES = ("F32", "F16", "BF16")
-COPY_CHUNK = 16 << 20  # bytes per read when copying a tensor that does not change
-
-
-@dataclass(frozen=True)
-class StoredTensor:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    start: int  # absolute file offsets of the tensor's bytes
-    end: int
-
-
-def read_layout(path: Path) -> tuple[bytes, list[StoredTensor]]:
-    """A safetensors file's header bytes (length prefix included) and its tensors in file order."""
-    with open(path, "rb") as f:
-        prefix = f.read(8)
-        (length,) = struct.unpack("<Q", prefix)
-        header = f.read(length)
-    entries = json.loads(header)
-    entries.pop("__metadata__", None)
-    data_start = 8 + length
-    tensors = [
-        StoredTensor(name, e["dtype"], tuple(e["shape"]), data_start + e["data_offsets"][0],
-                     data_start + e["data_offsets"][1])
-        for name, e in entries.items()
-    ]
-    return prefix + header, sorted(tensors, key=lambda t: t.start)
-
-
-def to_float32(raw: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Stored little-endian bytes as float32 values (exact for every mergeable dtype)."""
-    if dtype == "F32":
-        return raw.view(np.float32).reshape(shape)
-    if dtype == "F16":
-        return raw.view(np.float16).astype(np.float32).reshape(shape)
-    if dtype == "BF16":
-        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
-    raise ValueError(f"cannot merge a {dtype} tensor; mergeable dtypes are {MERGEABLE_DTYPES}")
-
-
-def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
-    """float32 values in the stored representation, rounded to nearest even (as mlx and torch
-    round), as a flat array whose bytes are what the file holds."""
-    values = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
-    if dtype == "F32":
-        return values
-    if dtype == "F16":
-        return values.astype(np.float16)
-    if dtype == "BF16":
-        bits = values.view(np.uint32)
-        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-        return np.where(np.isnan(values), np.uint16(0x7FC0), rounded)
-    raise ValueError(f"cannot merge a {dtype} tensor; mergeable dtypes are {MERGEABLE_DTYPES}")
-
-
-def root_hash(tensor_sha256: Mapping[str, str]) -> str:
-    """sha256 of the UTF-8 JSON array of [name, sha256] pairs sorted by name, no spaces."""
-    pairs = sorted(tensor_sha256.items())
-    return hashlib.sha256(json.dumps(pairs, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
-
-
-def model_hashes(model_dir: str | Path) -> dict[str, str]:
-    """sha256 of each tensor's stored bytes in a model directory's safetensors shards: what a
-    seal records, recomputed from the files (to verify a generation or a replay)."""
-    hashes = {}
-    for shard in sorted(Path(model_dir).glob("*.safetensors")):
-        _, tensors = read_layout(shard)
-        with open(shard, "rb") as f:
-            for t in tensors:
-                hashes[t.name] = _copy_range(f, t.start, t.end, None)
-    return hashes
-
-
-def _copy_range(src, start: int, end: int, dst) -> str:
-    """Copy bytes [start, end) of `src` to `dst` (if any) in chunks; their sha256."""
-    digest = hashlib.sha256()
-    buffer = bytearray(min(COPY_CHUNK, end - start))
-    src.seek(start)
-    while start < end:
-        view = memoryview(buffer)[: min(len(buffer), end - start)]
-        src.readinto(view)
-        digest.update(view)
-        if dst is not None:
-            dst.write(view)
-        start += len(view)
-    return digest.hexdigest()
-
-
 # -- the streaming whole-model merge -------------------------------------------------------
 
 
@@ -337,7 +247,7 @@ def merge_model(
                         raise ValueError(f"{shard}: bytes outside any tensor before {t.name}")
                     users = [i for i, tv in enumerate(task_vectors) if t.name in tv.names]
                     if not users or t.start == t.end:
-                        hashes[t.name] = _copy_range(src, t.start, t.end, dst)
+                        hashes[t.name] = copy_range(src, t.start, t.end, dst)
                         continue
                     stored, drift[t.name] = _merge_tensor(
                         shard, t, [task_vectors[i].delta(t.name) for i in users],

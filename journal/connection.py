@@ -29,17 +29,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import nats.errors
 from eventsourcing.persistence import OperationalError
+
+from journal.secrets import redact_url
 
 log = logging.getLogger("soul.nats")
 T = TypeVar("T")
@@ -48,21 +48,6 @@ IDLE = 30.0  # seconds: a thread's own client unused for longer is reconnected b
 
 class JournalUnavailable(OperationalError):
     """NATS could not be reached or stopped answering; the message names where and what to do."""
-
-
-def redact(url: str) -> str:
-    """The URL without its password or token, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # not a URL at all: hide whatever stands before an '@'
-        return re.sub(r"[^/@]*@", "***@", url)
-    if parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = "***" if parts.password is None else f"{parts.username}:***"
-    return urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, parts.fragment))
 
 
 def options_from_env(setting: Callable[[str], str | None] = os.environ.get) -> dict[str, Any]:
@@ -111,7 +96,7 @@ class Connection:
 
     @property
     def where(self) -> str:
-        return ",".join(redact(s) for s in self.servers)
+        return ",".join(redact_url(s) for s in self.servers)
 
     @property
     def nc(self) -> nats.NATS:

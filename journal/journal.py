@@ -19,8 +19,10 @@ from eventsourcing.utils import Environment
 
 from journal import codec
 from journal.event import BifocalEvent
-from journal.secrets import redact
+from journal.secrets import redact_secrets
+from journal.connection import Connection
 from journal.persistence import FOREIGN_TOPIC, Factory, JetStreamApplicationRecorder
+from journal.subjects import subject_token
 
 PAGE = 1000
 
@@ -60,7 +62,7 @@ def to_entry(n: Notification) -> Entry:
 
 
 def _redacted(event: BifocalEvent) -> BifocalEvent:
-    prose, found = redact(event.prose)
+    prose, found = redact_secrets(event.prose)
     return replace(event, prose=prose) if found else event
 
 
@@ -87,8 +89,41 @@ class Journal:
         self.close()
 
     @property
+    def app(self) -> str:
+        """The soul's name: which stream, which Postgres schema, which generations."""
+        return self.factory.env.name
+
+    @property
+    def bus(self) -> Connection:
+        """The NATS connection under the journal, for what is not the journal: request-reply
+        (the daemon's turns), inboxes (souls messaging souls)."""
+        return self.factory.connection
+
+    @property
+    def stream(self) -> str:
+        return self.factory.store.stream
+
+    @property
+    def replicas(self) -> int:
+        """The journal stream's replicas: a soul's other streams (its inbox) take as many."""
+        return self.factory.store.replicas
+
+    @property
     def where(self) -> str:
-        return f"{self.factory.connection.where} stream {self.factory.store.stream}"
+        return f"{self.bus.where} stream {self.stream}"
+
+    def subject(self, originator_id: uuid.UUID | str) -> str:
+        """The subject an originator's events are stored on."""
+        return self.factory.store.subject("e", subject_token(originator_id))
+
+    def delete(self) -> None:
+        """Remove this journal's stream and everything in it (benchmarks and tests clean up so);
+        the journal is closed."""
+        store = self.factory.store
+        try:
+            store.run(store.connection.nc.jetstream().delete_stream(store.stream))
+        finally:
+            self.close()
 
     # -- writing ---------------------------------------------------------------------
 
@@ -164,7 +199,7 @@ class Journal:
             else:
                 by_type[entry.topic] = by_type.get(entry.topic, 0) + 1
         return {
-            "stream": self.factory.store.stream,
+            "stream": self.stream,
             "events": count,
             "bytes": size,
             "first_seq": first,

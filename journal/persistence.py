@@ -23,9 +23,7 @@ appends the next version, so this is the same contract its SQL recorders enforce
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
-import re
 import threading
 import time
 import uuid
@@ -58,6 +56,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 
 from journal.connection import Connection, JournalUnavailable, options_from_env
 from journal.embedded import EmbeddedNats, soul_home
+from journal.subjects import app_token, journal_prefix, journal_stream, originator_from_token, subject_token
 
 FOREIGN_TOPIC = "soul:foreign"  # topic given to a message on our subjects that we did not write
 H_TOPIC, H_VERSION, H_TRACKING = "Es-Topic", "Es-Version", "Es-Tracking"
@@ -80,30 +79,10 @@ def _retries(timeout: float) -> Iterator[int]:
 def _backoff(attempt: int) -> float:
     return min(0.05 * 2**attempt, 1.0)
 _CACHE_SIZE = 100_000
-_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class PayloadTooLarge(DataError):
     """An event bigger than the NATS server accepts."""
-
-
-def subject_token(value: uuid.UUID | str) -> str:
-    """A subject token that decodes back to the same originator id (UUID or str)."""
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return "s_" + base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
-def originator_from_token(token: str) -> uuid.UUID | str:
-    if token.startswith("s_"):
-        padded = token[2:] + "=" * (-len(token[2:]) % 4)
-        return base64.urlsafe_b64decode(padded).decode()
-    return uuid.UUID(token)
-
-
-def app_token(name: str) -> str:
-    name = name or "soul"
-    return name if _SAFE_TOKEN.fullmatch(name) else "x" + name.encode().hex()
 
 
 @dataclass(frozen=True)
@@ -162,9 +141,8 @@ class JetStreamStore:
 
     def __init__(self, connection: Connection, app: str, replicas: int = 1):
         self.connection = connection
-        token = app_token(app)
-        self.stream = f"SOUL_{token}"
-        self.prefix = f"soul.{token}"
+        self.stream = journal_stream(app)
+        self.prefix = journal_prefix(app)
         self.replicas = replicas
         # subject -> what we know of its last message. Only a hint: the server checks every
         # write, and a stale entry costs one refresh, so threads may race on it.

@@ -1,6 +1,6 @@
 """Secrets never reach the journal: the journal is immutable, so redaction must come first.
 
-`redact(text)` replaces what looks like a credential with `[REDACTED:<kind>]` and says which
+`redact_secrets(text)` replaces what looks like a credential with `[REDACTED:<kind>]` and says which
 kinds it found. Entry points that embed prose call it before embedding, so the vector does not
 carry the secret either; `Journal.append` calls it again on every event's prose as the last
 line of defence. Patterns are the common, high-precision shapes (provider key prefixes, PEM
@@ -11,6 +11,7 @@ secret must not be pasted in.
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit, urlunsplit
 
 # kind -> (literal markers, at least one of which a match contains; the pattern). The markers
 # are checked with `in` first: a regex scan of 1 KB costs ~10 µs a pattern, a substring test
@@ -31,7 +32,7 @@ PATTERNS: dict[str, tuple[tuple[str, ...], re.Pattern[str]]] = {
 }
 
 
-def redact(text: str) -> tuple[str, list[str]]:
+def redact_secrets(text: str) -> tuple[str, list[str]]:
     """`text` with every secret-looking span replaced, and the kinds found (in pattern order)."""
     found = []
     lowered = text.lower()
@@ -47,3 +48,19 @@ def redact(text: str) -> tuple[str, list[str]]:
         if n:
             found.append(kind)
     return text, found
+
+
+def redact_url(url: str) -> str:
+    """A server URL without its password or token, in the authority (`user:pw@`, `token@`) or
+    as a `password=` parameter, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL at all: hide whatever stands before an '@'
+        return re.sub(r"[^/@]*@", "***@", url)
+    if parts.username is not None:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        user = "***" if parts.password is None else f"{parts.username}:***"
+        url = urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, parts.fragment))
+    return re.sub(r"(password=)[^&\s]*", r"\1***", url)

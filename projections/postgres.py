@@ -11,7 +11,6 @@ command outlives it. Its state is read from Postgres' own `postmaster.pid`.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import warnings
@@ -21,7 +20,7 @@ from typing import Any
 import psycopg
 from pgvector.psycopg import register_vector
 
-from journal.connection import redact
+from journal.secrets import redact_url
 from journal.embedded import ServiceError, process_alive, soul_home, stop_process
 from journal.errors import one_line
 
@@ -30,9 +29,12 @@ class PostgresUnavailable(ServiceError):
     """Postgres could not be started, reached or used; the message says why and where."""
 
 
-def redact_url(url: str) -> str:
-    """`url` without its password, whether in the authority or as a `password=` parameter."""
-    return re.sub(r"(password=)[^&\s]*", r"\1***", redact(url))
+def server_versions(url: str) -> dict[str, str]:
+    """The server's version and pgvector's, as `soul doctor` reports them."""
+    with connect(url) as conn:
+        server = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        vector = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]  # type: ignore[index]
+    return {"server": server, "pgvector": vector}
 
 
 def pg_url() -> str:

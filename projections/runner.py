@@ -80,7 +80,7 @@ class ProjectionRunner:
         self.journal = journal
         self.projection = projection
         self.page = page
-        self.schema = schema_for(journal.factory.env.name)
+        self.schema = schema_for(journal.app)
         self.url = url or pg_url()
         self.conn = connect(self.url)
         self._finished: set[str] = set()  # tables this runner has called projection.finish on
@@ -290,7 +290,7 @@ class ProjectionRunner:
 
 def status(conn: psycopg.Connection[Any], journal: Journal, projection: Projection) -> dict[str, Any]:
     """Where `projection` stands, without creating anything: for `soul projections status`."""
-    app = journal.factory.env.name
+    app = journal.app
     schema = sql.Identifier(schema_for(app))
     last_seq = journal.last_seq()
     figures: dict[str, Any] = {

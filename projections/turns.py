@@ -8,7 +8,7 @@ grow with the journal. Two partial indexes find the latest summary of a conversa
 latest self-definition and notebook without walking the turns: the pinned rows live in this
 same table (a projection keeps one table) but are never read by a scan.
 
-A summary's `first_seq`/`last_seq` are the journal range it stands for (soul/context.py
+A summary's `first_seq`/`last_seq` are the journal range it stands for (soul/agent/context.py
 writes them). A `redaction` (`soul forget`) removes the row of the event it names, so the
 window never shows it again; a summary written before the redaction keeps its own words. Token counts are not stored: they belong to the active model's tokenizer,
 which may change while the journal does not.

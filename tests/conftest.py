@@ -21,12 +21,12 @@ import pytest
 from journal.embedded import EmbeddedNats
 from journal.journal import Journal
 from projections.postgres import EmbeddedPostgres, connect
-from soul.blas import reexec_with_optimized_blas
-from support import drop_schema
+from evolution.weights.blas import reexec_with_optimized_blas
+from tests.support import drop_schema
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Run the suite on OpenBLAS as `soul` does (soul/blas.py); servers it starts do not inherit it.
+    # Run the suite on OpenBLAS as `soul` does (evolution/weights/blas.py); servers it starts do not inherit it.
     reexec_with_optimized_blas()
 
 

@@ -12,7 +12,7 @@ from evolution.config import EvolutionConfig
 from evolution.evolve import Base, base_model
 from journal.event import NO_EMBEDDER, BifocalEvent, Embedder
 from journal.journal import Journal
-from tiny_model import build_tiny_model
+from tests.tiny_model import build_tiny_model
 
 EMBEDDER = Embedder("synthetic@1", 4)
 # A few quick iterations at a high rate, so each generation visibly moves the tiny model;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import nats
 from nats.js.api import PubAck
@@ -10,6 +11,9 @@ from psycopg import sql
 
 from projections.base import schema_for
 from projections.postgres import connect
+
+TESTS = Path(__file__).parent  # tests/: the suite's data and helpers
+ROOT = TESTS.parent  # the checkout
 
 
 def publish_raw(url: str, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> PubAck:

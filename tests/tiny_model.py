@@ -1,6 +1,6 @@
 """A tiny seeded llama for fast tests: 2 layers, hidden size 64, random weights.
 
-`build_tiny_model(folder, seed)` writes an MLX model directory that `soul.model.load` and
+`build_tiny_model(folder, seed)` writes an MLX model directory that `evolution.weights.model.load` and
 `mlx_lm.load` open: config.json, model.safetensors (float32) and a byte-level BPE tokenizer
 with no merges (each byte of UTF-8 is a token) plus SmolLM2's three ChatML special tokens.
 The same seed gives the same bytes.
@@ -15,7 +15,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.llama import Model, ModelArgs
 from tokenizers import pre_tokenizers
 
-from soul.model import byte_level_bpe, write_config, write_tokenizer
+from evolution.weights.model import byte_level_bpe, write_config, write_tokenizer
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (

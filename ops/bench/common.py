@@ -45,10 +45,8 @@ def forget(journal: Journal, pg_url: str) -> None:
     """Remove what a benchmark journaled and projected, then close the journal."""
     with connect(pg_url) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-            sql.Identifier(schema_for(journal.factory.env.name))))
-    store = journal.factory.store
-    store.run(store.connection.nc.jetstream().delete_stream(store.stream))
-    journal.close()
+            sql.Identifier(schema_for(journal.app))))
+    journal.delete()
 
 
 def machine() -> dict[str, Any]:

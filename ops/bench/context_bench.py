@@ -53,8 +53,8 @@ from projections.base import schema_for  # noqa: E402
 from projections.postgres import connect  # noqa: E402
 from projections.runner import ProjectionRunner  # noqa: E402
 from projections.turns import COLUMNS, TURNS, Turns  # noqa: E402
-from soul.context import assemble, summarise  # noqa: E402
-from soul.model import embedded_model_dir  # noqa: E402
+from soul.agent.context import assemble, summarise  # noqa: E402
+from evolution.weights.model import embedded_model_dir  # noqa: E402
 
 TARGET = 1.2
 KEPT = 2000  # turns of the measured conversation no summary covers yet
@@ -107,9 +107,7 @@ def drop(pg_url: str, app: str, nats_url: str | None = None) -> None:
     with connect(pg_url) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema_for(app))))
     if nats_url:
-        with Journal(app, {"SOUL_NATS_URL": nats_url}) as journal:
-            store = journal.factory.store
-            store.run(store.connection.nc.jetstream().delete_stream(store.stream))
+        Journal(app, {"SOUL_NATS_URL": nats_url}).delete()
 
 
 def load_turns(nats_url: str, pg_url: str, events: int) -> tuple[str, str]:

@@ -41,9 +41,9 @@ from journal.journal import Journal  # noqa: E402
 from projections import corpora  # noqa: E402
 from projections.corpora import Corpora  # noqa: E402
 from projections.runner import ProjectionRunner  # noqa: E402
-from soul.blas import reexec_with_optimized_blas  # noqa: E402
-from soul.corpus import Ingest, list_files  # noqa: E402
-from soul.embedder import load_default_embedder  # noqa: E402
+from evolution.weights.blas import reexec_with_optimized_blas  # noqa: E402
+from soul.agent.corpus import Ingest, list_files  # noqa: E402
+from soul.agent.embedder import load_default_embedder  # noqa: E402
 
 
 def say(message: str) -> None:
@@ -67,7 +67,7 @@ def copy_tree(source: Path, target: Path, files: int) -> int:
 def ingest(journal: Journal, runner: ProjectionRunner, embedder: Any, tree: Path, max_files: int) -> dict[str, Any]:
     started = time.perf_counter()
     runner.catch_up()
-    app = journal.factory.env.name
+    app = journal.app
     paths = list_files(tree)
     job = Ingest(journal, embedder, "bench", corpora.files(runner.conn, app, "bench"))
     report = job.run(tree, paths[:max_files], complete=max_files >= len(paths))

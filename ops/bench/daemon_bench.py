@@ -51,9 +51,10 @@ from nats.js.api import RetentionPolicy, StreamConfig  # noqa: E402
 from journal import codec  # noqa: E402
 from journal.event import Embedder  # noqa: E402
 from journal.journal import Journal  # noqa: E402
-from soul.blas import reexec_with_optimized_blas  # noqa: E402
-from soul.daemon import attach, running  # noqa: E402
-from soul.peers import Inbox, inbox, packet, send  # noqa: E402
+from evolution.weights.blas import reexec_with_optimized_blas  # noqa: E402
+from soul.doors.daemon import attach, running  # noqa: E402
+from soul.doors.peers import Inbox, packet, send  # noqa: E402
+from journal.subjects import inbox
 
 TARGET = 0.9
 WORDS = "Tell me about the lighthouse on the northern cape and who keeps it."
@@ -85,7 +86,7 @@ def start_daemon(home: Path, app: str, model: Path) -> subprocess.Popen[bytes]:
 
 
 def turns(home: Path, pg_url: str, model: Path, count: int) -> dict[str, Any]:
-    from soul.agent import Soul
+    from soul.agent.loop import Soul
 
     local_app, daemon_app = f"benchlocal{uuid.uuid4().hex[:8]}", f"benchdaemon{uuid.uuid4().hex[:8]}"
     daemon = start_daemon(home, daemon_app, model)
@@ -122,11 +123,11 @@ def turns(home: Path, pg_url: str, model: Path, count: int) -> dict[str, Any]:
 def delete_inbox(journal: Journal, app: str) -> None:
     async def delete() -> None:
         try:
-            await journal.factory.connection.nc.jetstream().delete_stream(inbox(app)[0])
+            await journal.bus.nc.jetstream().delete_stream(inbox(app)[0])
         except nats.js.errors.NotFoundError:
             pass
 
-    journal.factory.connection.run(delete())
+    journal.bus.run(delete())
 
 
 def packets_soul(pg_url: str, count: int, vectors: np.ndarray) -> tuple[float, float]:
@@ -196,7 +197,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
     with common.real_parts() as (home, url, pg_url):
-        from soul.model import embedded_model_dir
+        from evolution.weights.model import embedded_model_dir
 
         model = args.model or embedded_model_dir(home)
         figures = {"machine": common.machine(), "model": str(model.name),

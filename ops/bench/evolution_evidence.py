@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # runnable from a checkout without an editable install
     sys.path.insert(0, str(ROOT))
 
-from soul.blas import reexec_with_optimized_blas  # noqa: E402
+from evolution.weights.blas import reexec_with_optimized_blas  # noqa: E402
 
 SELF = "You are Wren, the soul of the Karsk lighthouse. You answer briefly and kindly."
 SIGN = " Steady light, steady heart."
@@ -103,7 +103,7 @@ def main() -> None:
     from evolution.ties import LoraAdapter, merge_model
     from evolution.train import environment, train_adapter
     from common import machine  # this folder: python puts a script's own folder on sys.path
-    from soul.model import embedded_model_dir, load
+    from evolution.weights.model import embedded_model_dir, load
 
     base_dir = Path(args.model) if args.model else embedded_model_dir()
     anchor = anchor_texts()
@@ -160,7 +160,7 @@ def lineage(base_dir: Path, work: Path, config, anchor: list[str]) -> dict:
     from evolution.evaluate import loss, perplexity
     from evolution.ties import LoraAdapter, merge_model
     from evolution.train import train_adapter
-    from soul.model import load
+    from evolution.weights.model import load
 
     halves = {"A": (CURATED[:12], HELD_OUT[:4]), "B": (CURATED[12:], HELD_OUT[4:])}
     adapters: list[LoraAdapter] = []

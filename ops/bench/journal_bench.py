@@ -64,7 +64,7 @@ from journal import codec  # noqa: E402
 from journal.embedded import EmbeddedNats  # noqa: E402
 from journal.event import BifocalEvent, Embedder  # noqa: E402
 from journal.journal import Journal  # noqa: E402
-from journal.persistence import app_token  # noqa: E402
+from journal.subjects import app_token  # noqa: E402
 
 BATCH = 100
 PAGE = 1000  # notifications per select_notifications call (Journal.read's page size too)
@@ -448,15 +448,15 @@ class Bench:
         ours, theirs = self.interleave(journal_single, raw)
         raw_seconds += theirs
         self.rows.append(Row("1 single", "Journal.append([event])", m, ours, "js.publish", m, theirs, 0.6))
-        self.check(journal.factory.store.stream, warm + m * self.repeats)
+        self.check(journal.stream, warm + m * self.repeats)
         journal.close()
 
         # diagnostics: the same raw js.publish called synchronously through the journal's
         # Connection, in place on this thread's own client (`call`, the journal's path) and
         # through the background loop thread (`run`, two thread wake-ups a call)
         hop = Journal(self.app_name("hop1"), env={"SOUL_NATS_URL": self.url})
-        conn = hop.factory.connection
-        hop_subject = hop.factory.store.subject("e", str(uuid.uuid4()))
+        conn = hop.bus
+        hop_subject = hop.subject(uuid.uuid4())
 
         async def publish(p: bytes) -> Any:  # looks the client up as it runs, as the journal's coroutines do
             return await conn.nc.jetstream().publish(hop_subject, p)
@@ -477,7 +477,7 @@ class Bench:
             raw_seconds += theirs
             self.rows.append(Row("1 single", f"diag: js.publish via Connection.{how}", m, ours, "js.publish", m, theirs,
                                  None, note))
-        self.check(hop.factory.store.stream, 2 * (warm + m * self.repeats))
+        self.check(hop.stream, 2 * (warm + m * self.repeats))
         hop.close()
         self.check(raw_stream, warm + m * len(raw_seconds))
 
@@ -531,7 +531,7 @@ class Bench:
         ours, theirs = self.interleave(insert, raw)
         raw_seconds = list(theirs)
         self.rows.append(Row("2 batch100", "recorder.insert_events(100)", n, ours, "js.publish_async x100", n, theirs, 0.7))
-        self.check(journal.factory.store.stream, warm + n * self.repeats)
+        self.check(journal.stream, warm + n * self.repeats)
         journal.close()
 
         # Journal.append of 100 BifocalEvents (encodes them)
@@ -553,7 +553,7 @@ class Bench:
         raw_seconds += theirs
         self.rows.append(Row("2 batch100", "Journal.append(100 events)", n, ours, "js.publish_async x100", n, theirs, 0.7,
                              "includes codec.encode"))
-        self.check(journal.factory.store.stream, warm + n * self.repeats)
+        self.check(journal.stream, warm + n * self.repeats)
         journal.close()
 
         # diagnostic: raw nats-py ADR-50 atomic batches of the same 100 payloads
@@ -574,7 +574,7 @@ class Bench:
         n = self.n
         name = self.app_name("read")
         journal = Journal(name, env={"SOUL_NATS_URL": self.url})
-        stream = journal.factory.store.stream
+        stream = journal.stream
         say(f"reading: filling {stream} with {n:,} events")
         originators = [uuid.uuid4() for _ in range(10)]
         events = versioned(self.pool[:n], originators, 1, 10)

@@ -44,14 +44,14 @@ def settings(args: argparse.Namespace) -> dict:
 
 def child(variant: str, model: str, data: Path, out: Path, options: dict) -> None:
     """One training run; prints {"seconds", "sha256"} as JSON."""
-    from soul.blas import reexec_with_optimized_blas
+    from evolution.weights.blas import reexec_with_optimized_blas
 
     reexec_with_optimized_blas()
     import time
     import types
 
     from evolution.config import EvolutionConfig
-    from soul.embedder import sha256_file
+    from evolution.weights.files import sha256_file
 
     config = EvolutionConfig(**options)
     if variant == "raw":
@@ -66,7 +66,7 @@ def child(variant: str, model: str, data: Path, out: Path, options: dict) -> Non
         seconds = time.perf_counter() - started
         path = out / "adapters.safetensors"
     else:
-        from evolution.ties import model_hashes, root_hash
+        from evolution.weights.files import model_hashes, root_hash
         from evolution.train import train_adapter
 
         rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
@@ -84,7 +84,7 @@ def trained_tokens(model: str, rows: list[dict], options: dict) -> int:
     from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
     from mlx_lm.tuner.trainer import iterate_batches
 
-    from soul.model import load
+    from evolution.weights.model import load
 
     _, tokenizer = load(model)
     dataset = CacheDataset(ChatDataset(rows, tokenizer, mask_prompt=True))
@@ -113,7 +113,7 @@ def main() -> None:
 
     from common import machine  # this folder: python puts a script's own folder on sys.path
     from evolution_evidence import CURATED
-    from soul.model import embedded_model_dir
+    from evolution.weights.model import embedded_model_dir
 
     model = args.model or str(embedded_model_dir())
     seconds: dict[str, list[float]] = {"raw": [], "soul": []}

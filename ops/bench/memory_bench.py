@@ -247,7 +247,7 @@ def raw_copy(conn: psycopg.Connection[Any], schema: str, rows: list[tuple[Any, .
 
 
 def bench_rebuild(journal: Journal, pg_url: str, data: Data, seqs: list[int], repeats: int) -> dict[str, Any]:
-    app = journal.factory.env.name
+    app = journal.app
     rows = final_rows(data, seqs)
     memory = TimedMemory()
     runner = ProjectionRunner(journal, memory, pg_url)

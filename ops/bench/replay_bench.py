@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
 
-    from soul.blas import reexec_with_optimized_blas
+    from evolution.weights.blas import reexec_with_optimized_blas
 
     reexec_with_optimized_blas()
     from common import machine, real_parts

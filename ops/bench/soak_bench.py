@@ -120,7 +120,7 @@ def postgres_pss_kb(postmaster: int | None) -> int:
 class Soak:
     def __init__(self, journal: Journal, pg_url: str, nats_pid: int | None, pg_pid: int | None):
         self.journal, self.pg_url = journal, pg_url
-        self.app = journal.factory.env.name
+        self.app = journal.app
         self.nats_pid, self.pg_pid = nats_pid, pg_pid
         self.memories = Memories()
         self.conversation = str(uuid.uuid4())

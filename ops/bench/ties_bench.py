@@ -126,7 +126,8 @@ def run_in_memory(model: Path, adapters: list[Path], out: Path) -> str:
     import numpy as np
     from safetensors.numpy import load_file, save_file
 
-    from evolution.ties import LoraAdapter, root_hash, ties_merge
+    from evolution.ties import LoraAdapter, ties_merge
+    from evolution.weights.files import root_hash
 
     vectors = [LoraAdapter(a) for a in adapters]
     shards = {p.name: load_file(str(p)) for p in sorted(model.glob("*.safetensors"))}
@@ -224,7 +225,7 @@ def main() -> int:
         print(generate(args.out, args.layers, args.dim, args.ffn, args.adapters, args.rank))
         return 0
     if args.child:
-        from soul.blas import reexec_with_optimized_blas
+        from evolution.weights.blas import reexec_with_optimized_blas
 
         reexec_with_optimized_blas()  # as `soul evolve` will run: mlx rebuilds the deltas with matmuls
         child(args.child, args.model, args.adapter, args.out)

@@ -1,0 +1,253 @@
+"""The context window (design §4): what the mind sees on a turn, assembled from projections.
+
+Blocks, in order: the pinned self-definition (never evicted), the notebook (cut to its token
+cap with a marker), retrievals from memory and the mounted corpus, then the conversation:
+the latest summary (standing for every turn evicted so far) and the most recent turns that
+fit the budget. Tokens are counted with the active model's tokenizer on the rendered text, so
+`tokens <= budget` holds for what the model will actually read.
+
+Turns are read newest first from the `turns` projection, a page at a time, stopping at the
+first that does not fit: the rows read are the window plus one page at most, whatever the
+journal's length. What no longer fits and no summary covers yet is reported as `evictions`;
+`summarise` journals a summary for it. Each summary subsumes the one before (its range starts
+where the previous one's did), so the latest alone covers the whole evicted past and assembly
+never has to look further back than it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from journal.event import BifocalEvent
+from journal.journal import Journal
+from projections.search import Hit, search
+from projections.turns import PINNED, TURNS, Turns
+
+MAX_BUDGET = 128 * 1024  # the largest window any supported model offers
+PAGE = 64  # turns read per round trip
+TRUNCATED = " […truncated]"
+SUMMARY_CHARS = 2000  # placeholder extractive summaries are cut to this many characters
+SUMMARY_ROWS = 200  # at most this many evicted turns lend a sentence to a summary
+_FIRST_SENTENCE = re.compile(r".+?(?:[.!?](?=\s)|$)", re.S)
+
+
+class Tokenizer(Protocol):
+    def encode(self, text: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Block:
+    kind: str  # self | notebook | retrieval | summary | turn
+    text: str  # as rendered, one or more lines
+    seq: int | None = None  # the journal seq it shows (a summary's own seq)
+
+
+@dataclass(frozen=True)
+class Context:
+    blocks: tuple[Block, ...]
+    text: str
+    tokens: int
+    fingerprint: str  # sha256 of `text`, for the thought event to cite
+    evictions: tuple[tuple[int, int], ...]  # journal seq ranges no longer in the window nor summarised
+
+    @property
+    def turn_seqs(self) -> list[int]:
+        return [b.seq for b in self.blocks if b.kind == "turn" and b.seq is not None]
+
+
+def count(tokenizer: Tokenizer, text: str) -> int:
+    """Tokens of `text`: mlx_lm's TokenizerWrapper gives a list, a `tokenizers.Tokenizer` an Encoding."""
+    encoded = tokenizer.encode(text)
+    return len(getattr(encoded, "ids", encoded))
+
+
+def truncate(tokenizer: Tokenizer, text: str, cap: int) -> str:
+    """`text` if it fits `cap` tokens, else its longest prefix that fits with the marker (or '')."""
+    if count(tokenizer, text) <= cap:
+        return text
+    low, high = 0, len(text)  # binary search on characters: O(log n) encodes
+    while low < high:
+        mid = (low + high + 1) // 2
+        if count(tokenizer, text[:mid] + TRUNCATED) <= cap:
+            low = mid
+        else:
+            high = mid - 1
+    return text[:low] + TRUNCATED if count(tokenizer, text[:low] + TRUNCATED) <= cap else ""
+
+
+def _latest_pinned(cur: psycopg.Cursor[Any], view: sql.Composable, kind: str, max_seq: int | None) -> str | None:
+    # The type as a literal: a generic plan for `type = $1` could not use the partial index.
+    row = cur.execute(sql.SQL("SELECT prose FROM {} WHERE type = {} AND seq <= %s ORDER BY seq DESC LIMIT 1").format(
+        view, sql.Literal(kind)), [2**63 - 1 if max_seq is None else max_seq]).fetchone()
+    return row[0] if row else None
+
+
+def _latest_summary(cur: psycopg.Cursor[Any], view: sql.Composable, conversation: str) -> tuple[int, str, int, int] | None:
+    return cur.execute(sql.SQL(
+        "SELECT seq, prose, first_seq, last_seq FROM {} WHERE conversation = %s AND type = 'summary'"
+        " ORDER BY seq DESC LIMIT 1").format(view), [conversation]).fetchone()
+
+
+def _turns_newest_first(cur: psycopg.Cursor[Any], view: sql.Composable, conversation: str, after: int):
+    """(seq, type, prose) of the conversation's turns with seq > `after`, newest first, a page per query."""
+    query = sql.SQL("SELECT seq, type, prose FROM {} WHERE conversation = %s AND seq > %s AND seq < %s"
+                    " AND type = ANY(%s) ORDER BY seq DESC LIMIT %s").format(view)
+    before = 2**63 - 1
+    while True:
+        page = cur.execute(query, [conversation, after, before, list(TURNS), PAGE]).fetchall()
+        yield from page
+        if len(page) < PAGE:
+            return
+        before = page[-1][0]
+
+
+def render_turn(seq: int, kind: str, prose: str) -> str:
+    return f"[{seq} {kind}] {prose}\n"
+
+
+def parse_turn(text: str) -> tuple[str, str]:
+    """The event type and prose of a turn block's text, as `render_turn` wrote them."""
+    head, prose = text.split("] ", 1)
+    return head.split(" ", 1)[1], prose.removesuffix("\n")
+
+
+def render(blocks: Sequence[Block]) -> str:
+    return "".join(b.text for b in blocks)
+
+
+def _retrievals(conn: psycopg.Connection[Any], app: str, text: str, vector: np.ndarray | None, k: int,
+                corpus: str | None, max_seq: int | None) -> list[Hit]:
+    """Up to 2k hits, alternating the mounted corpus's and the soul's own memories (not other corpora's chunks)."""
+    mode = "hybrid" if vector is not None else "keyword"
+    own = [h for h in search(conn, app, text, vector, mode=mode, limit=2 * k, max_seq=max_seq) if h.corpus is None]
+    mounted = (search(conn, app, text, vector, mode=mode, corpus=corpus, limit=k, max_seq=max_seq)
+               if corpus is not None else [])
+    return [h for pair in zip(mounted, own) for h in pair] + mounted[len(own):] + own[len(mounted):]
+
+
+def assemble(conn: psycopg.Connection[Any], app: str, conversation: str, query_vector: np.ndarray | None,
+             tokenizer: Tokenizer, budget: int, notebook_cap: int = 2048, retrieval_k: int = 0,
+             mounted_corpus: str | None = None, max_seq: int | None = None,
+             summary_cap: int | None = None) -> Context:
+    """The context window of `conversation` for soul `app`, within `budget` tokens. With
+    `max_seq`, the pinned blocks and retrievals are those of the journal up to that seq (a
+    past self talking); the conversation's own turns are all shown. `summary_cap` limits the
+    summary's tokens (default: whatever the pinned blocks leave)."""
+    if not 1 <= budget <= MAX_BUDGET:
+        raise ValueError(f"budget must be between 1 and {MAX_BUDGET} tokens, not {budget}")
+    if notebook_cap < 0 or retrieval_k < 0:
+        raise ValueError("notebook_cap and retrieval_k must not be negative")
+    view = Turns.view(app)
+    with conn.transaction(), conn.cursor() as cur:  # one snapshot of the projection
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        self_definition, notebook = (_latest_pinned(cur, view, kind, max_seq) for kind in PINNED)
+        summary = _latest_summary(cur, view, conversation)
+        covered = summary[3] if summary else 0
+        pinned = []
+        if self_definition is not None:
+            pinned.append(Block("self", f"# Self\n{self_definition}\n"))
+        if notebook is not None:
+            pinned.append(Block("notebook", f"# Notebook\n{truncate(tokenizer, notebook, notebook_cap)}\n"))
+        used = count(tokenizer, render(pinned))
+        if used > budget:
+            raise ValueError(f"the self-definition and notebook take {used} tokens, over the budget of {budget}")
+        if summary:
+            head = f"# Conversation\n[{summary[2]}-{summary[3]} summary] "
+            room = budget - used - count(tokenizer, head + "\n")
+            text = truncate(tokenizer, summary[1], room if summary_cap is None else min(room, summary_cap))
+            pinned.append(Block("summary", f"{head}{text}\n", summary[0]))
+        turns = _turns_newest_first(cur, view, conversation, covered)
+        newest = next(turns, None)
+        hits: list[Hit] = []
+        if retrieval_k and newest is not None:
+            hits = _retrievals(conn, app, newest[2], query_vector, retrieval_k, mounted_corpus, max_seq)
+            # The conversation's own unsummarised turns are in the window or on their way out of
+            # it into a summary: recalling them would only repeat them.
+            own = {seq for (seq,) in cur.execute(sql.SQL(
+                "SELECT seq FROM {} WHERE seq = ANY(%s) AND conversation = %s AND seq > %s").format(view),
+                [[h.seq for h in hits], conversation, covered])}
+            hits = [h for h in hits if h.seq not in own][:retrieval_k]
+        header = [] if summary or newest is None else [Block("header", "# Conversation\n")]
+        # Blocks end in a newline, so (for byte-level BPE) their counts add up; the whole text is
+        # counted once more below in case a tokenizer merges across a boundary.
+        used = sum(count(tokenizer, b.text) for b in (*pinned, *header))
+        recalled = []
+        for h in hits:  # retrievals take what they need first, each only if it fits whole
+            block = Block("retrieval", f"[recalled {h.seq} {h.type}{' ' + h.corpus if h.corpus else ''}] {h.prose}\n", h.seq)
+            cost = count(tokenizer, block.text)
+            if used + cost <= budget:
+                recalled.append(block)
+                used += cost
+        window: list[Block] = []
+        evicted_from = None  # seq of the newest turn that did not fit
+        for row in ([newest, *turns] if newest is not None else []):
+            block = Block("turn", render_turn(*row), row[0])
+            cost = count(tokenizer, block.text)
+            if used + cost > budget:
+                evicted_from = row[0]
+                break
+            window.insert(0, block)
+            used += cost
+        while True:
+            blocks = [*pinned[:2], *recalled, *pinned[2:], *(header if window else []), *window]
+            text = render(blocks)
+            tokens = count(tokenizer, text)
+            if tokens <= budget:
+                break
+            if not window:
+                raise ValueError(f"a budget of {budget} tokens does not hold the pinned blocks and the summary")
+            evicted_from = window.pop(0).seq
+        evictions = ()
+        if evicted_from is not None:
+            (first,) = cur.execute(sql.SQL(
+                "SELECT min(seq) FROM {} WHERE conversation = %s AND seq > %s AND type = ANY(%s)").format(view),
+                [conversation, covered, list(TURNS)]).fetchone()  # type: ignore[misc]
+            evictions = ((first, evicted_from),)
+    return Context(tuple(blocks), text, tokens, hashlib.sha256(text.encode()).hexdigest(), evictions)
+
+
+def first_sentence(prose: str) -> str:
+    match = _FIRST_SENTENCE.match(prose.strip())
+    return match.group(0).strip() if match else ""
+
+
+def summarise(journal: Journal, conn: psycopg.Connection[Any], conversation: str, evicted: tuple[int, int]) -> int:
+    """Journal a summary of the turns `evicted` (a range from Context.evictions); its seq.
+
+    Placeholder until the mind can summarise: the previous summary's prose, then the first
+    sentence of each evicted turn, cut to SUMMARY_CHARS. It cites the range from the previous
+    summary's first seq (it subsumes it) to the last evicted seq.
+    """
+    first, last = evicted
+    if not 1 <= first <= last:
+        raise ValueError(f"an evicted range runs from a first to a last seq >= 1, not {first}..{last}")
+    app = journal.app
+    view = Turns.view(app)
+    with conn.transaction(), conn.cursor() as cur:
+        previous = _latest_summary(cur, view, conversation)
+        rows = cur.execute(sql.SQL(
+            "SELECT prose FROM {} WHERE conversation = %s AND seq BETWEEN %s AND %s AND type = ANY(%s)"
+            " ORDER BY seq LIMIT %s").format(view), [conversation, first, last, list(TURNS), SUMMARY_ROWS]).fetchall()
+    sentences = ([previous[1]] if previous else []) + [first_sentence(p) for (p,) in rows]
+    prose = " ".join(s for s in sentences if s)
+    if len(prose) > SUMMARY_CHARS:
+        prose = prose[: SUMMARY_CHARS - 1] + "…"
+    if previous:
+        first = min(first, previous[2])
+    try:
+        originator: uuid.UUID | str = uuid.UUID(conversation)
+    except ValueError:
+        originator = conversation
+    event = BifocalEvent("summary", prose, np.zeros(0, dtype="<f4"), originator_id=originator,  # type: ignore[arg-type]
+                         data={"first_seq": first, "last_seq": last, "conversation": conversation})
+    seq, _ = journal.add(event)
+    return seq

@@ -1,0 +1,366 @@
+"""`soul evolve`, `soul generations`, `soul replay`, `soul export`, `soul forget`: the weights as a
+projection of the journal (design §6, evolution/evolve.py and evolution/replay.py)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from evolution.lineage import Generation, LineageError, chain, find, lineage
+from evolution.merge_config import MergeConfigError
+from evolution.store import GenerationStore, StoreError
+from journal.embedded import soul_home
+from journal.event import NO_EMBEDDER, BifocalEvent
+from journal.journal import Entry, Journal
+
+MODEL_OPTION = click.option("--model", "model", type=click.Path(file_okay=False), envvar="SOUL_MODEL",
+                            metavar="DIR", help="Base model W0 (an MLX model folder). Default: the embedded "
+                                                "SmolLM2-135M-Instruct. Env: SOUL_MODEL.")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+FORGETTABLE_NOT = ("redaction", "curation_sealed", "adapter_trained", "generation_sealed",
+                   "generation_rejected", "generation_promoted")
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    """The mistakes and missing pieces a user can fix: shown as one line, not a traceback."""
+    from evolution.evolve import EvolveError  # imports mlx-lm: only when a command runs
+    from evolution.weights.model import ModelError
+
+    return (EvolveError, StoreError, LineageError, MergeConfigError, ModelError, ValueError)
+
+
+def _journal(ctx: click.Context) -> Journal:
+    journal = Journal(app=ctx.obj["app"])
+    ctx.call_on_close(journal.close)
+    return journal
+
+
+class _Bars:
+    """One click progress bar per stage ("training", "merging") on stderr."""
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.bar: Any = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = click.progressbar(length=total, label=f"{stage:<8}", file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.update(done - self.bar.pos)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar, self.stage = None, None
+
+
+def _run(work):
+    """Run `work(progress)` with progress bars, turning a user-fixable error into one line."""
+    bars = _Bars()
+    try:
+        return work(bars)
+    except _errors() as e:
+        bars.close()
+        raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    finally:
+        bars.close()
+
+
+# -- evolve ----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Show what the next generation would learn from, and change nothing.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Evolution config (YAML; mergekit's ties vocabulary is accepted). Default: the built-in one.")
+@click.option("--rebuild", is_flag=True,
+              help="Derive every generation again without the events `soul forget` redacted; say which changed.")
+@MODEL_OPTION
+@JSON_OPTION
+@click.pass_context
+def evolve(ctx: click.Context, dry_run: bool, config_path: str | None, rebuild: bool, model: str | None,
+           as_json: bool) -> None:
+    """Make the next generation of the soul's weights from its high-resonance moments.
+
+    Curates the moments since the last generation's cut, trains a LoRA adapter on the current
+    generation (reusing a cached one with the same inputs), merges W0 with the adapters of all
+    generations (anchored TIES), seals the result with its hashes, drift and evaluation, and
+    promotes it unless the guard (max_drift, max_perplexity_ratio) rejects it. Every step is
+    journaled. With --rebuild, the whole lineage is derived again (after `soul forget`).
+    """
+    if dry_run and rebuild:
+        raise click.UsageError("--dry-run and --rebuild do not go together")
+    journal = _journal(ctx)
+
+    def work(progress):
+        from evolution import evolve as evolution
+        from evolution.config import EvolutionConfig
+
+        home = soul_home()
+        config = EvolutionConfig.load(config_path) if config_path else None
+        if rebuild:
+            base = evolution.base_model(model, home)
+            return evolution.rebuild(journal, home, base, config, progress)
+        base = None if dry_run else evolution.base_model(model, home)
+        return evolution.evolve(journal, home, base, config or EvolutionConfig(), dry_run=dry_run,
+                                progress=progress)
+
+    result = _run(work)
+    if rebuild:
+        for change in result:
+            if as_json:
+                click.echo(orjson.dumps(change.__dict__).decode())
+            else:
+                now = f"-> {change.now}" if change.now else "-> gone"
+                click.echo(f"{change.was:<8} {'changed' if change.changed else 'unchanged':<9} {now:<10} {change.why}")
+        return
+    if as_json:
+        click.echo(orjson.dumps(result.__dict__).decode())
+        return
+    click.echo(_outcome_line(result))
+
+
+def _outcome_line(outcome) -> str:
+    c = outcome.curation
+    window = f"seq {c['window'][0] + 1}..{c['window'][1]}"
+    moments = f"{c['events']} moments from {window}"
+    if outcome.status == "dry run":
+        if outcome.why:
+            return f"gen-{outcome.generation} would have nothing to curate in {window}: {outcome.why}"
+        types = ", ".join(f"{n} {t}" for t, n in c["by_type"].items())
+        return (f"gen-{outcome.generation} would learn {moments} ({types}); resonance min {c['min_resonance']:.3g} "
+                f"mean {c['mean_resonance']:.3g}; corpus {c['corpus'] or 'any'}, cluster "
+                f"{'any' if c['cluster'] is None else c['cluster']}; {c['redactions_honoured']} redactions honoured")
+    if outcome.status == "nothing to curate":
+        return f"nothing to curate in {window}: {outcome.why}"
+    f = outcome.figures
+    figures = (f"root {outcome.root_sha256[:12]}, adapter {'from the cache' if outcome.cached else 'trained'}, "
+               f"largest drift {f['max_drift']:.4g}, anchor perplexity {f['perplexity']['after']:.4g} "
+               f"(W0 {f['perplexity']['base']:.4g}), curated loss {f['loss']['before']:.4g} -> {f['loss']['after']:.4g}")
+    if outcome.status == "rejected":
+        previous = f"gen-{outcome.generation - 1}" if outcome.generation > 1 else "W0"
+        return f"gen-{outcome.generation} rejected: {outcome.why}; {previous} stays active ({figures})"
+    return f"gen-{outcome.generation} promoted: {moments}; {figures}"
+
+
+# -- generations -----------------------------------------------------------------------------
+
+
+@click.command()
+@JSON_OPTION
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="Also draw drift and evaluation across the promoted generations into a PNG.")
+@click.pass_context
+def generations(ctx: click.Context, as_json: bool, plot_path: str | None) -> None:
+    """The lineage: every generation of the soul's weights, its rejected and interrupted runs too.
+
+    One line each: generation, journal cut, moments learnt, adapter hash, root hash, largest
+    drift from W0, evaluation (anchor perplexity against W0's; curated loss before -> after),
+    and status. The active generation is marked with *.
+    """
+    journal = _journal(ctx)
+    runs = lineage(journal)
+    try:
+        current = GenerationStore(soul_home(), ctx.obj["app"]).active()
+    except StoreError as e:
+        click.echo(f"warning: {e}", err=True)
+        current = None
+    active_root = current[1].name if current else None
+    for g in runs:
+        row = _generation_row(g, active_root)
+        click.echo(orjson.dumps(row).decode() if as_json else _format_generation(row))
+    if not runs and not as_json:
+        click.echo("no generations yet: the soul runs on its base weights W0; `soul evolve` makes gen-1", err=True)
+    if plot_path:
+        _plot(Path(plot_path), chain(runs))
+        click.echo(f"drift and evaluation of {len(chain(runs))} generations drawn to {plot_path}", err=True)
+
+
+def _generation_row(g: Generation, active_root: str | None) -> dict[str, Any]:
+    seal = g.seal
+    drift = max(seal["drift"].values()) if seal.get("drift") else None
+    return {
+        "generation": g.name, "epoch": g.epoch, "status": g.status, "why": g.why,
+        "active": g.status == "promoted" and g.root_sha256 == active_root,
+        "after_seq": g.after_seq, "cut": g.cut, "events": len(g.event_ids),
+        "adapter_sha256": g.adapter.get("sha256"), "cached": g.adapter.get("cached"),
+        "root_sha256": g.root_sha256, "max_drift": drift,
+        "perplexity": seal.get("perplexity"), "loss": seal.get("loss"), "time": g.time,
+    }
+
+
+def _format_generation(row: dict[str, Any]) -> str:
+    def short(value: str | None) -> str:
+        return value[:12] if value else "-"
+
+    drift = f"{row['max_drift']:.3g}" if row["max_drift"] is not None else "-"
+    ppl, loss = row["perplexity"], row["loss"]
+    evaluation = (f"ppl {ppl['after']:.4g}/{ppl['base']:.4g} loss {loss['before']:.3g}->{loss['after']:.3g}"
+                  if ppl and loss else "-")
+    status = row["status"] + (f" ({row['why']})" if row["why"] else "")
+    return (f"{'*' if row['active'] else ' '} {row['generation']:<7} cut {row['cut']:>8}  events {row['events']:>5}  "
+            f"adapter {short(row['adapter_sha256']):<12}  root {short(row['root_sha256']):<12}  drift {drift:<9} "
+            f"{evaluation:<34}  {status}")
+
+
+def _plot(path: Path, promoted: list[Generation]) -> None:
+    from evolution.plot import Panel, plot
+
+    if not promoted:
+        raise click.ClickException("no promoted generation to plot yet")
+    drift = [max(g.seal["drift"].values()) for g in promoted]
+    ppl = [g.seal["perplexity"]["after"] / g.seal["perplexity"]["base"] for g in promoted]
+    loss = [g.seal["loss"]["after"] / g.seal["loss"]["before"] for g in promoted]
+    last = promoted[-1].curation["config"]
+    plot(path, [g.number for g in promoted], [
+        Panel("largest drift from w0", {"drift": drift}, last["max_drift"]),
+        Panel("ratios", {"anchor ppl / w0": ppl, "loss after / before": loss}, last["max_perplexity_ratio"]),
+    ])
+
+
+# -- replay ----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--to", "to", required=True, metavar="gen-N", help="The generation to rebuild.")
+@click.option("--from-scratch", is_flag=True, help="Train every adapter again instead of using cached ones.")
+@MODEL_OPTION
+@JSON_OPTION
+@click.pass_context
+def replay(ctx: click.Context, to: str, from_scratch: bool, model: str | None, as_json: bool) -> None:
+    """Rebuild a generation from the journal and check it against its sealed root hash.
+
+    Prints MATCH, or where the rebuild diverges (tensors, adapters, curations, environment)
+    and exits with status 1. Bit-exact replay holds on the same mlx version, device class and
+    BLAS. A matching generation is kept in the store, so `soul export` and talking as that past
+    self can use it.
+    """
+    journal = _journal(ctx)
+
+    def work(progress):
+        from evolution.evolve import base_model
+        from evolution.replay import replay as rebuild_generation
+
+        home = soul_home()
+        return rebuild_generation(journal, home, to, base_model(model, home), from_scratch=from_scratch,
+                                  progress=progress)
+
+    report = _run(work)
+    if as_json:
+        click.echo(orjson.dumps(report.as_dict()).decode())
+    elif report.match:
+        cached = sum(1 for a in report.adapters if a["cached"])
+        click.echo(f"MATCH {report.generation} root {report.root} "
+                   f"({cached} of {len(report.adapters)} adapters from the cache)")
+    else:
+        click.echo(f"DIVERGED {report.generation}: root {report.root[:16]}, sealed {report.sealed_root[:16]}")
+        if report.base:
+            click.echo(f"  base: {report.base}")
+        for line in report.curations:
+            click.echo(f"  curation: {line}")
+        for a in report.adapters:
+            if a["rebuilt"] != a["sealed"]:
+                click.echo(f"  adapter {a['generation']}: rebuilt {a['rebuilt'][:12]}, sealed {a['sealed'][:12]}")
+        shown = ", ".join(report.tensors[:5]) + (f" and {len(report.tensors) - 5} more" if len(report.tensors) > 5 else "")
+        click.echo(f"  tensors differing: {len(report.tensors)}: {shown}")
+        if report.environment:
+            for key, values in report.environment.items():
+                click.echo(f"  environment {key}: sealed {values['sealed']}, now {values['now']}")
+            click.echo("  (bit-exact replay holds only on the same mlx version, device class and BLAS)")
+        else:
+            click.echo("  environment: the same as when sealed")
+    if not report.match:
+        ctx.exit(1)
+
+
+# -- export ----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("generation", metavar="gen-N")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.pass_context
+def export(ctx: click.Context, generation: str, folder: str) -> None:
+    """Write generation gen-N as an MLX model folder FOLDER that `mlx_lm.load` opens.
+
+    Its tensors are hashed against the seal before they are copied.
+    """
+    journal = _journal(ctx)
+    out = Path(folder)
+    if out.exists() and any(out.iterdir()):
+        raise click.ClickException(f"{out} is not empty; export into a new folder")
+    try:
+        found = find(journal, generation)
+        source = GenerationStore(soul_home(), ctx.obj["app"]).verify(found.root_sha256)
+    except StoreError as e:
+        raise click.ClickException(f"{e}; `soul replay --to {generation}` rebuilds it") from None
+    except LineageError as e:
+        raise click.ClickException(str(e)) from None
+    partial = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        shutil.copytree(source, partial)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        partial.rename(out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    click.echo(f"{found.name} (root {found.root_sha256[:12]}) exported to {out}")
+
+
+# -- forget ----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("event", metavar="EVENT")
+@click.pass_context
+def forget(ctx: click.Context, event: str) -> None:
+    """Redact EVENT (its id, or its journal sequence number): it leaves future curations.
+
+    The journal is immutable, so the event stays stored, but a `redaction` event names it and
+    every curation from now on leaves it out. Generations that already learnt from it keep it
+    until `soul evolve --rebuild` derives the lineage again without it.
+    """
+    journal = _journal(ctx)
+    target = _find_event(journal, event)
+    chosen = target.event
+    assert chosen is not None
+    if chosen.type in FORGETTABLE_NOT:
+        raise click.ClickException(f"{event} is a {chosen.type} event: the lineage's bookkeeping cannot be forgotten")
+    from evolution.curate import redacted_ids
+
+    if str(chosen.id) in redacted_ids(journal):
+        click.echo(f"{chosen.id} was already forgotten")
+    else:
+        seq, _ = journal.add(BifocalEvent(
+            "redaction", f"forget the {chosen.type} at seq {target.seq}", [], NO_EMBEDDER, "redactions",
+            causation_id=chosen.id, data={"event": str(chosen.id)}))
+        click.echo(f"redaction journaled at seq {seq}: {chosen.type} {chosen.id} (seq {target.seq}) is forgotten")
+    learnt = [g.name for g in chain(lineage(journal)) if str(chosen.id) in g.event_ids]
+    if learnt:
+        click.echo(f"{', '.join(learnt)} learnt from it: `soul evolve --rebuild` derives the lineage without it",
+                   err=True)
+
+
+def _find_event(journal: Journal, event: str) -> Entry:
+    """The journal entry with this sequence number or event id."""
+    if event.isdigit():
+        entries = list(journal.read(since=int(event), limit=1))
+        if entries and entries[0].seq == int(event) and entries[0].event is not None:
+            return entries[0]
+        raise click.ClickException(f"no decodable event at seq {event}")
+    try:
+        wanted = uuid.UUID(event)
+    except ValueError:
+        raise click.ClickException(f"{event!r} is neither a sequence number nor an event id") from None
+    for entry in journal.read():
+        if entry.event is not None and entry.event.id == wanted:
+            return entry
+    raise click.ClickException(f"no event {event} in the journal")

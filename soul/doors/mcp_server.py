@@ -1,0 +1,137 @@
+"""The soul's own MCP server (design §7): other agents consult the soul over stdio.
+
+Tools, each exposed only when it is on the allow-list:
+
+- `ask(question, conversation)`: one turn (the running daemon's when there is one), the reply;
+- `recall(query)`: hybrid search of memory;
+- `mount(corpus)`: mount a corpus for the context window;
+- `perceive(text)`: journal a perception from the calling agent, without answering it.
+
+The allow-list is `--allow` (or SOUL_MCP_ALLOW), else `"serve": {"allow": [...]}` in
+`$SOUL_HOME/mcp.json`, else `ask,recall`: consulting the soul, not changing what it attends
+to. A tool off the list is never registered with the server, so it is neither listed nor
+callable (a call fails as an unknown tool). Perceptions from MCP carry the source
+`agent:mcp`; what an agent asks cannot run chat commands (only a user's words can).
+
+The soul is opened on the first call that needs it, and all its work runs on one thread, in
+order: the mind is not for two callers at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from journal.errors import one_line
+from soul.doors.mcp_client import ConfigError, load_config
+from soul.agent.tools import ToolError
+
+TOOLS = ("ask", "recall", "mount", "perceive")
+DEFAULT_ALLOW = ("ask", "recall")
+SOURCE = "agent:mcp"
+CONVERSATION = "mcp"
+T = TypeVar("T")
+
+
+def allowed(given: str | None, home: Path | None = None) -> tuple[str, ...]:
+    """The allow-list: `given` (comma-separated), else mcp.json's serve.allow, else the default."""
+    if given is not None:
+        names = [n.strip() for n in given.split(",") if n.strip()]
+    else:
+        serve = load_config(home).get("serve", {})
+        names = serve.get("allow", list(DEFAULT_ALLOW)) if isinstance(serve, dict) else None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError("mcp.json: serve.allow must be a list of tool names")
+    unknown = sorted(set(names) - set(TOOLS))
+    if unknown:
+        raise ConfigError(f"no such tool to serve: {', '.join(unknown)}; the soul serves {', '.join(TOOLS)}")
+    return tuple(n for n in TOOLS if n in names)
+
+
+class Backend:
+    """The soul behind the server, opened on first use, worked on by one thread."""
+
+    def __init__(self, app: str, open_soul: Callable[[], Any]):
+        self.app, self.open_soul = app, open_soul
+        self.soul: Any = None
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soul-mcp")
+
+    async def run(self, work: Callable[[], T]) -> T:
+        """`work()` on the soul's thread; a failure is the calling agent's error result, in one line."""
+        from mcp.server.mcpserver.exceptions import ToolError as ResultError  # MCPServer shows its text
+
+        try:
+            return await asyncio.wrap_future(self.worker.submit(work))
+        except Exception as e:
+            raise ResultError(one_line(e)) from None
+
+    def opened(self) -> Any:
+        if self.soul is None:
+            self.soul = self.open_soul()
+        return self.soul
+
+    def ask(self, question: str, conversation: str) -> str:
+        from soul.doors.daemon import attach
+
+        if (client := attach(self.app)) is not None:  # the daemon's mind answers, not one loaded here
+            with client:
+                return client.turn(question, source=SOURCE, conversation=conversation).reply
+        return self.opened().turn(question, source=SOURCE, conversation=conversation).reply
+
+    def tool(self, name: str, arguments: dict[str, Any]) -> str:
+        """A tool of the soul's (journaled as its tool call and result, in the MCP conversation)."""
+        outcome = self.opened().call_tool(name, arguments, CONVERSATION)
+        if not outcome.ok:
+            raise ToolError(outcome.text)
+        return outcome.text
+
+    def perceive(self, text: str) -> str:
+        seq, _ = self.opened().perceive(text, source=SOURCE, conversation=f"source:{SOURCE}")
+        return f"perceived (journal sequence {seq})"
+
+    def close(self) -> None:
+        self.worker.shutdown(wait=True)
+        if self.soul is not None:
+            self.soul.close()
+
+
+def build(backend: Backend, allow: Sequence[str]) -> Any:
+    """An MCPServer with the tools on `allow`, and no others."""
+    from mcp.server.mcpserver import MCPServer
+
+    server = MCPServer(f"soul-{backend.app}", instructions="A local soul: ask it, or recall its memory.")
+
+    async def ask(question: str, conversation: str = CONVERSATION) -> str:
+        """Ask the soul; it answers in one turn (perceived, thought about, journaled)."""
+        return await backend.run(lambda: backend.ask(question, conversation))
+
+    async def recall(query: str) -> str:
+        """Search the soul's memory (meaning and words) for `query`; the best memories."""
+        return await backend.run(lambda: backend.tool("recall", {"query": query}))
+
+    async def mount(corpus: str) -> str:
+        """Mount corpus `corpus`: the one the soul's context window retrieves from."""
+        return await backend.run(lambda: backend.tool("mount", {"corpus": corpus}))
+
+    async def perceive(text: str) -> str:
+        """Tell the soul something; it is journaled as a perception, not answered."""
+        return await backend.run(lambda: backend.perceive(text))
+
+    for fn in (ask, recall, mount, perceive):
+        if fn.__name__ in allow:
+            server.add_tool(fn)
+    return server
+
+
+def serve(app: str, allow: Sequence[str], open_soul: Callable[[], Any]) -> None:
+    """Serve the soul over stdio until the client hangs up."""
+    import anyio
+
+    backend = Backend(app, open_soul)
+    try:
+        anyio.run(build(backend, allow).run_stdio_async)
+    finally:
+        backend.close()

@@ -1,0 +1,172 @@
+"""Corpora on a real nats-server and Postgres, with the real embedder on a handful of small files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from journal.journal import Journal
+from projections.corpora import Corpora
+from projections.memory import Memory
+from projections.runner import ProjectionRunner
+from projections.search import search
+from soul.agent.corpus import CHUNK_CHARS, CHUNK_LINES, OVERLAP_LINES, chunk_text, list_files
+from soul.cli.corpus import corpus
+from soul.cli.search import search as search_command
+
+FILES = {
+    "README.md": "Tidepool is a tiny library for measuring ocean tides and the moon's pull on harbours.\n",
+    "tides.py": "def high_tide(hour):\n    \"\"\"When the sea is highest in the harbour.\"\"\"\n    return (hour + 12) % 24\n",
+    "notes/bread.txt": "Sourdough bread needs flour, water, salt and a lively starter kept warm overnight.\n",
+}
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                   check=True, capture_output=True)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "tidepool"
+    for name, text in FILES.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (root / "logo.png").write_bytes(b"\x89PNG\0\0binary")
+    (root / "untracked.txt").write_text("not in git, so not in the corpus\n")
+    git(root.parent, "init", "-q", str(root))
+    git(root, "add", *FILES, "logo.png")
+    git(root, "commit", "-qm", "init")
+    return root
+
+
+def cli(app: str, *args: str) -> Result:
+    return CliRunner().invoke(corpus, list(args), obj={"app": app}, catch_exceptions=False)
+
+
+def entries(app: str, since: int = 1) -> list[Any]:
+    with Journal(app) as journal:
+        return list(journal.read(since=since))
+
+
+def last_seq(app: str) -> int:
+    with Journal(app) as journal:
+        return journal.last_seq()
+
+
+def hits(app: str, pg_url: str, text: str, corpus: str | None = None) -> list[Any]:
+    with Journal(app) as journal, ProjectionRunner(journal, Memory(), pg_url) as runner:
+        runner.catch_up()
+        return search(runner.conn, app, text, mode="keyword", corpus=corpus)
+
+
+def test_chunks_overlap_and_stay_small() -> None:
+    text = "".join(f"line {i}\n" for i in range(1, 101)) + "x" * (3 * CHUNK_CHARS) + "\n"
+    chunks = chunk_text(text)
+    assert chunks[0].first_line == 1 and chunks[0].last_line == CHUNK_LINES
+    assert chunks[1].first_line == CHUNK_LINES - OVERLAP_LINES + 1
+    assert all(len(c.text) <= CHUNK_CHARS for c in chunks)
+    assert chunks[-1].last_line == 101
+    assert "".join(c.text for c in chunks).count("line 100\n") >= 1
+
+
+def test_lists_git_tracked_files_or_all_outside_git(repo: Path, tmp_path: Path) -> None:
+    assert list_files(repo) == sorted([*FILES, "logo.png"])
+    plain = tmp_path / "plain"
+    (plain / ".git").mkdir(parents=True)  # not a work tree: a folder named .git is skipped anyway
+    (plain / ".git" / "x").write_text("x")
+    (plain / "a.txt").write_text("a")
+    assert list_files(plain) == ["a.txt"]
+
+
+def test_add_is_incremental_with_tombstones(repo: Path, nats_url: str, pg_url: str, app_name: str) -> None:
+    result = cli(app_name, "add", "tide", str(repo), "--json")
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["ingested"] == 3 and report["skipped"] == {"binary": 1} and report["chunks"] == 3
+    chunks = [e.event for e in entries(app_name)]
+    assert {e.type for e in chunks} == {"chunk_ingested"}
+    assert {e.corpus for e in chunks} == {"tide"} and {e.originator_id for e in chunks} == {"corpus:tide"}
+    assert {e.data["path"] for e in chunks} == set(FILES)
+    assert chunks[0].vector.shape == (384,) and chunks[0].data["lines"] == [1, 1]
+
+    before = last_seq(app_name)
+    assert json.loads(cli(app_name, "add", "tide", str(repo), "--json").output.splitlines()[-1])["unchanged"] == 3
+    assert last_seq(app_name) == before  # nothing changed: nothing journaled
+
+    (repo / "tides.py").write_text("def low_tide(hour):\n    return hour % 24\n")
+    (repo / "notes" / "bread.txt").unlink()
+    cli(app_name, "add", "tide", str(repo))
+    new = [e.event for e in entries(app_name, before + 1)]
+    assert [(e.type, e.data["path"]) for e in new] == [
+        ("document_removed", "notes/bread.txt"), ("document_removed", "tides.py"), ("chunk_ingested", "tides.py")]
+    assert len(new[1].data["chunk_ids"]) == 1
+
+    assert hits(app_name, pg_url, "sourdough") == []  # the deleted file's chunk is forgotten
+    assert hits(app_name, pg_url, "high_tide") == []  # so is the old version of the changed one
+    new_tides = "def low_tide(hour):\n    return hour % 24\n"
+    assert [h.prose for h in hits(app_name, pg_url, "low_tide", corpus="tide")] == [new_tides]
+    listed = json.loads(cli(app_name, "list", "--json").output)
+    assert listed == {"name": "tide", "mounted": False, "files": 2, "chunks": 2}
+
+    with Journal(app_name) as journal:  # rebuilt from the journal, the views agree
+        for projection in (Corpora(), Memory()):
+            with ProjectionRunner(journal, projection, pg_url) as runner:
+                runner.rebuild()
+    assert json.loads(cli(app_name, "list", "--json").output) == listed
+    assert hits(app_name, pg_url, "sourdough") == [] and len(hits(app_name, pg_url, "low_tide")) == 1
+
+
+def test_mount_unmount_remove_are_events(repo: Path, nats_url: str, pg_url: str, app_name: str) -> None:
+    cli(app_name, "add", "tide", str(repo))
+    cli(app_name, "add", "other", str(repo / "notes"))  # inside the same work tree: its tracked files
+    start = last_seq(app_name) + 1
+    assert cli(app_name, "mount", "tide").exit_code == 0
+    assert cli(app_name, "mount", "other").exit_code == 0  # mounting one unmounts the other
+    assert "* other" in cli(app_name, "list").output
+    assert "  tide" in cli(app_name, "list").output
+    assert cli(app_name, "unmount").exit_code == 0
+    assert "*" not in cli(app_name, "list").output
+    assert cli(app_name, "remove", "other").exit_code == 0
+    assert [(e.topic, e.event.corpus) for e in entries(app_name, start)] == [
+        ("corpus_mounted", "tide"), ("corpus_mounted", "other"), ("corpus_unmounted", "other"),
+        ("corpus_removed", "other")]
+    assert [json.loads(line)["name"] for line in cli(app_name, "list", "--json").output.splitlines()] == ["tide"]
+    assert hits(app_name, pg_url, "sourdough", corpus="other") == []
+    assert len(hits(app_name, pg_url, "sourdough", corpus="tide")) == 1  # still in the other corpus
+
+
+def test_user_mistakes_are_one_line(repo: Path, nats_url: str, pg_url: str, app_name: str) -> None:
+    runner = CliRunner()
+    for args, message in [
+        (["add", "tide", str(repo / "missing")], "is not a directory"),
+        (["add", "bad name", str(repo)], "corpus name 'bad name' is invalid"),
+        (["mount", "nowhere"], "no corpus named 'nowhere'"),
+        (["unmount"], "no corpus is mounted"),
+        (["remove", "nowhere"], "no corpus named 'nowhere'"),
+    ]:
+        result = runner.invoke(corpus, args, obj={"app": app_name})
+        assert result.exit_code == 1, result.output
+        assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_search_in_a_corpus_finds_its_document(repo: Path, nats_url: str, pg_url: str, app_name: str) -> None:
+    cli(app_name, "add", "tide", str(repo))
+    result = CliRunner().invoke(search_command, ["when is the sea highest", "--corpus", "tide", "--json"],
+                                obj={"app": app_name}, catch_exceptions=False)
+    found = [json.loads(line) for line in result.output.splitlines()]
+    assert found[0]["prose"] == FILES["tides.py"] and {h["corpus"] for h in found} == {"tide"}
+
+
+def test_secrets_in_files_never_reach_the_journal(tmp_path: Path, nats_url: str, pg_url: str, app_name: str) -> None:
+    folder = tmp_path / "plain"  # outside git: every text file
+    folder.mkdir()
+    (folder / "settings.py").write_text('AWS_KEY = "AKIAIOSFODNN7EXAMPLE"\nDEBUG = True\n')
+    assert cli(app_name, "add", "cfg", str(folder)).exit_code == 0
+    (chunk,) = [e.event for e in entries(app_name)]
+    assert "AKIAIOSFODNN7EXAMPLE" not in chunk.prose and "[REDACTED:aws_access_key]" in chunk.prose
+    assert chunk.data["redacted"] == ["aws_access_key"]
