@@ -89,7 +89,7 @@ class Stopwatch:
 
 def raw_generation(soul: Soul, prompt: list[int], max_tokens: int) -> tuple[float, float, int]:
     """(generation tokens/s, first-token s, tokens) of raw mlx-lm on `prompt`, fresh cache."""
-    model, tokenizer, config = soul.agent.mind.model, soul.agent.mind.tokenizer, soul.config
+    model, tokenizer, config = soul.mind.model, soul.mind.tokenizer, soul.config
     start, first, last = time.perf_counter(), None, None
     for last in stream_generate(model, tokenizer, mx.array(prompt), max_tokens=max_tokens,
                                 sampler=make_sampler(config.temperature),
@@ -123,8 +123,8 @@ def main() -> int:
         try:
             mind_time, embed_time = Stopwatch(), Stopwatch()
             for name in ("generate", "probability"):
-                mind_time.wrap(soul.agent.mind, name)
-            embed_time.wrap(soul.agent.embedder, "embed")
+                mind_time.wrap(soul.mind, name)
+            embed_time.wrap(soul.embedder, "embed")
 
             say(f"generation speed: {args.repeats} x (a turn's answer, raw stream_generate), alternating")
             speed = []
@@ -132,7 +132,7 @@ def main() -> int:
                 conversation = f"speed-{r}"
                 seq, perception = soul.perceive(QUESTIONS[r % len(QUESTIONS)], conversation=conversation)
                 _, messages = soul.window(conversation, perception.vector)  # what the answer's mind will see
-                prompt = soul.agent.mind.encode(messages)
+                prompt = soul.mind.encode(messages)
                 runs: dict[str, Any] = {}
                 for side in ("soul", "raw") if r % 2 == 0 else ("raw", "soul"):
                     if side == "raw":
@@ -168,7 +168,7 @@ def main() -> int:
     ttft = [t["ttft_s"] for t in turns]
     report: dict[str, Any] = {
         "machine": {**common.machine(), "blas": str(blas_in_use())},
-        "model": soul.agent.mind.model_id, "max_tokens": soul.max_tokens, "budget": soul.budget,
+        "model": soul.mind.model_id, "max_tokens": soul.max_tokens, "budget": soul.budget,
         "speed": {"runs": speed, "ratio": median([s["ratio"] for s in speed]),
                   "ratio_range": [min(s["ratio"] for s in speed), max(s["ratio"] for s in speed)],
                   "soul_tps": median([s["soul_tps"] for s in speed]), "raw_tps": median([s["raw_tps"] for s in speed])},

@@ -114,7 +114,7 @@ def unmount(soul: Soul, arguments: dict[str, Any]) -> str:
 def define_self(soul: Soul, arguments: dict[str, Any]) -> str:
     text = required(arguments, "text")
     cap = soul.budget // 4  # the pinned self must leave the window room for the conversation
-    if count(soul.agent.mind.tokenizer, text) > cap:
+    if count(soul.mind.tokenizer, text) > cap:
         raise ToolError(f"a self-definition may take at most {cap} tokens (a quarter of the window)")
     soul.pin("self_defined", text)
     return "self-definition rewritten"

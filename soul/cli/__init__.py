@@ -109,7 +109,7 @@ def run(ctx: click.Context, model: Path | None) -> None:
     of the conversation `main`, streaming the replies. Every step is an event on the journal.
     """
     with open_soul(ctx, model) as soul:
-        click.echo(f"journal: {soul.journal.where}; mind: {soul.agent.mind.model_id}", err=True)
+        click.echo(f"journal: {soul.journal.where}; mind: {soul.mind.model_id}", err=True)
         start = soul.journal.last_seq() + 1
         for prose in FIRST_WORDS:
             click.echo(f"you> {prose}")

@@ -143,7 +143,7 @@ def chat(ctx: click.Context, conversation: str, model: Path | None, as_generatio
     Ctrl-D (or Ctrl-C) leaves; the conversation stays in the journal for next time."""
     with open_soul(ctx, model, as_generation) as soul:
         try:  # the banner inside: a Ctrl-C the moment it is shown still leaves with "bye"
-            click.echo(f"soul {soul.app}, conversation {conversation!r}, thinking with {soul.agent.mind.model_id}; "
+            click.echo(f"soul {soul.app}, conversation {conversation!r}, thinking with {soul.mind.model_id}; "
                        "/help for commands, Ctrl-D to leave", err=True)
             answer_pending(soul, conversation)
             while True:

@@ -183,11 +183,11 @@ class Daemon:
 
         # A queue group: daemons of other homes on the same NATS and journal share the work.
         subscription = connection.run(connection.nc.subscribe(subject, queue="daemon", cb=take))
-        inbox = Inbox(soul.journal, self.app, soul.agent.embedder)
+        inbox = Inbox(soul.journal, self.app, soul.embedder)
         inbox_thread = threading.Thread(target=self._take_packets, args=(inbox,), name="soul-inbox", daemon=True)
         inbox_thread.start()
         try:
-            self.lock.write(pid=os.getpid(), app=self.app, subject=subject, model=soul.agent.mind.model_id)
+            self.lock.write(pid=os.getpid(), app=self.app, subject=subject, model=soul.mind.model_id)
             on_ready(subject)
             for conversation in unanswered(soul):
                 self._answer_pending(soul, conversation)

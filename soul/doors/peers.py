@@ -197,7 +197,7 @@ def message(soul: Any, arguments: dict[str, Any]) -> str:
     """The `message` tool: send text to another soul, embedded by this one."""
     to, text = required(arguments, "to"), required(arguments, "text")
     prose, redacted = redact_secrets(text)  # what leaves the soul leaves without secrets
-    event = packet(soul.app, prose, soul.agent.embedder.embed([prose])[0], soul.agent.embedder.id)
+    event = packet(soul.app, prose, soul.embedder.embed([prose])[0], soul.embedder.id)
     if redacted:
         event = replace(event, data={**event.data, "redacted": redacted})
     send(soul.journal, to, event)

@@ -32,7 +32,7 @@ from projections.postgres import connect
 from projections.runner import ProjectionRunner
 from soul.cli import main
 from tests.support import drop_schema, publish_raw
-from test_codec import events, json_values
+from tests.journal.test_codec import events, json_values
 from tests.projections.test_projections import Ledger
 
 LONG_RUN = int(os.environ.get("SOUL_FUZZ_EXAMPLES", "0"))

@@ -15,7 +15,9 @@ from tests.support import ROOT
 
 FLOORS = {"journal": 1, "projections": 2, "evolution": 3, "soul": 4}
 SOUL_ROOMS = {"soul.agent": 1, "soul.doors": 2, "soul.cli": 3}  # inside floor 4
+FACES = 3  # soul/'s own modules (the package's face, `python -m soul`) stand with the command line
 PACKAGES = tuple(FLOORS)
+CHECKED_TOO = ("tests",)  # not a floor, but its imports must resolve as well
 
 
 def modules(*tops: str) -> list[Path]:
@@ -41,20 +43,22 @@ def imports(path: Path, root: Path = ROOT) -> list[tuple[int, str, tuple[str, ..
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 module = ".".join([*base, module] if module else base)
             found.append((node.lineno, module, tuple(alias.name for alias in node.names)))
-    return [(line, m, names) for line, m, names in found if m.split(".")[0] in PACKAGES]
+    return [(line, m, names) for line, m, names in found if m.split(".")[0] in (*PACKAGES, *CHECKED_TOO)]
 
 
 def room(module: str) -> tuple[int, int]:
-    """(floor, room within the floor) of a module; soul/'s own modules outside any room sit lowest."""
+    """(floor, room within the floor) of a module."""
     top = module.split(".")[0]
-    inner = next((rank for prefix, rank in SOUL_ROOMS.items() if module == prefix or module.startswith(prefix + ".")), 0)
+    if top != "soul":
+        return FLOORS[top], 0
+    inner = next((rank for prefix, rank in SOUL_ROOMS.items() if module == prefix or module.startswith(prefix + ".")), FACES)
     return FLOORS[top], inner
 
 
 def upward(path: Path, root: Path = ROOT) -> list[str]:
     mine = room(module_name(path, root))
     return [f"{path.relative_to(root)}:{line} imports {target} (floor {room(target)}) from floor {mine}"
-            for line, target, _ in imports(path, root) if room(target) > mine]
+            for line, target, _ in imports(path, root) if target.split(".")[0] in PACKAGES and room(target) > mine]
 
 
 def test_no_module_imports_from_a_floor_above_its_own() -> None:
@@ -67,6 +71,10 @@ def test_the_check_names_an_upward_import(tmp_path: Path) -> None:
     scratch = tmp_path / "journal" / "scratch.py"
     scratch.write_text("from journal.event import BifocalEvent\nfrom soul.agent.loop import Soul\nfrom . import codec\n")
     assert upward(scratch, tmp_path) == ["journal/scratch.py:2 imports soul.agent.loop (floor (4, 1)) from floor (1, 0)"]
+    (tmp_path / "evolution").mkdir()
+    (tmp_path / "evolution" / "train.py").write_text("from soul import Soul\n")
+    assert upward(tmp_path / "evolution" / "train.py", tmp_path) == [
+        "evolution/train.py:1 imports soul (floor (4, 3)) from floor (3, 0)"]
     (tmp_path / "soul" / "agent").mkdir(parents=True)
     tool = tmp_path / "soul" / "agent" / "tools.py"
     tool.write_text("from soul.doors.daemon import attach\nfrom evolution.weights.model import load\n")

@@ -35,7 +35,7 @@ from projections.memory import Memory
 from projections.postgres import EmbeddedPostgres, PostgresUnavailable, connect
 from projections.runner import ProjectionRunner
 from soul.cli import main
-from test_cluster import cluster, nodes  # noqa: F401  (cluster is a fixture)
+from tests.system.test_cluster import cluster, nodes  # noqa: F401  (cluster is a fixture)
 
 NONE = Embedder("none", 0)
 

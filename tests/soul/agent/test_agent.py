@@ -109,9 +109,9 @@ def test_a_turn_journals_perception_thought_and_judgement(opened: Any) -> None:
     assert perception.embedder.dim == 384 and perception.norm == pytest.approx(1.0, abs=1e-5)
     assert thought.prose == result.reply == "".join(streamed)
     assert thought.causation_id == perception.id and thought.correlation_id == perception.id
-    assert thought.vector.tobytes() == soul.agent.embedder.embed([result.reply])[0].tobytes()
+    assert thought.vector.tobytes() == soul.embedder.embed([result.reply])[0].tobytes()
     data = thought.data
-    assert data["model"] == soul.agent.mind.model_id and data["generation"] == "external"  # a model outside the lineage
+    assert data["model"] == soul.mind.model_id and data["generation"] == "external"  # a model outside the lineage
     assert len(data["fingerprint"]) == 64 and data["prompt_tokens"] == result.generation.prompt_tokens
     assert data["generated_tokens"] == result.generation.generated_tokens and data["first_token_s"] > 0
     assert judged.data["event"] == str(thought.id) and judged.data["judge"] == "self"
@@ -178,7 +178,7 @@ def test_a_prompt_longer_than_the_window_is_cut_by_the_window_rule(opened: Any) 
     huge = "flood " * 2000  # far beyond the tiny model's 512-token context
     result = soul.turn(huge)
     assert result.thought_seq is not None
-    assert result.generation.prompt_tokens + soul.max_tokens <= soul.agent.mind.max_context
+    assert result.generation.prompt_tokens + soul.max_tokens <= soul.mind.max_context
     summaries = [e for e in events(soul) if e.type == "summary"]
     assert summaries and summaries[-1].data["conversation"] == "main"
     context, _ = soul.window("main", None)
@@ -277,7 +277,7 @@ def test_a_past_self_recalls_only_what_it_knew(opened: Any, app_name: str) -> No
     soul.turn("The first ship was called Albatross.")
     cut = soul.journal.last_seq()
     soul.turn("The second ship was called Cormorant.")
-    past = opened(as_of=cut, mind=soul.agent.mind)
+    past = opened(as_of=cut, mind=soul.mind)
     assert "Albatross" in past.turn("/recall ship called").reply
     assert "Cormorant" not in past.turn("/recall Cormorant ship").reply
     assert "Cormorant" in soul.turn("/recall Cormorant ship").reply
@@ -286,7 +286,7 @@ def test_a_past_self_recalls_only_what_it_knew(opened: Any, app_name: str) -> No
 
 def test_a_model_that_calls_tools_sees_their_results_in_its_next_thought(opened: Any, caller: Path) -> None:
     soul = opened(model_dir=caller, config=SoulConfig(max_tokens=8, tool_rounds=1, self_judge=False))
-    assert soul.agent.mind.tokenizer.has_tool_calling
+    assert soul.mind.tokenizer.has_tool_calling
     soul.perceive("The lighthouse keeper is called Ada.")
     result = soul.turn("Who keeps the light?")
     steps = [e for e in events(soul) if e.type in ("thought", "tool_call", "tool_result")]

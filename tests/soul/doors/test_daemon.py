@@ -182,7 +182,7 @@ def test_sigterm_mid_turn_abandons_it_cleanly_and_the_next_start_answers_it(daem
 
 
 def test_an_mcp_agents_question_is_answered_by_the_running_daemon(daemons: Daemons, env: dict[str, str]) -> None:
-    from test_mcp import consult, text
+    from tests.soul.doors.test_mcp import consult, text
 
     daemon = daemons.start()
     names, [asked] = consult({**env, "SOUL_MODEL": "/no/such/model"}, "--allow", "ask",
