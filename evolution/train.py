@@ -52,8 +52,9 @@ ADAPTER_FILE = "adapters.safetensors"
 CONFIG_FILE = "adapter_config.json"  # mlx-lm's name and format
 TRAINING_FILE = "training.json"  # what the adapter was trained from and on
 KEYS = "by-key"  # <adapters_root>/by-key/<cache key> holds the sha256 of the adapter it names
-# Bump when the training recipe below changes what it produces: older cache keys stop matching.
-RECIPE = 3  # 2: rows fitted to max_seq_length by dropping old context; 3: at most MAX_EPOCHS
+# Part of every cache key: bump it when the recipe below changes what training produces, so
+# adapters cached by an older recipe stop matching.
+RECIPE = 3
 # Iterations are capped at this many passes over the curated rows: 30 iterations of batch 4 over
 # 8 short moments (15 epochs) raised SmolLM2's anchor perplexity 11 %, past the guard, while 10
 # epochs (12 rows) stayed at 4 % (docs/evolution.md).

@@ -47,8 +47,8 @@ import psycopg
 from psycopg import sql
 
 from journal.journal import Entry
-from projections.base import Projection
-from projections.resonance import combine, HIGH
+from projections.base import Projection, applied_through
+from projections.resonance import HIGH, combine
 
 log = logging.getLogger("soul.projections.memory")
 
@@ -66,7 +66,7 @@ COLUMNS = ("seq", "id", "time", "type", "prose", "vector", "embedder", "corpus")
 
 class Memory(Projection):
     name = "memory"
-    version = 4  # 2: each judge's latest score in `judges`; 3: the user's rating decides; 4: redactions forget
+    version = 4
     types = (*REMEMBERED, "resonance", *FORGOTTEN)
     dim = 384
 
@@ -83,9 +83,11 @@ class Memory(Projection):
         cur.execute(sql.SQL("CREATE INDEX ON {} (seq DESC) WHERE resonance >= {}").format(table, sql.Literal(HIGH)))
 
     def apply(self, cur: psycopg.Cursor[Any], table: sql.Identifier, entries: Sequence[Entry]) -> None:
-        # Rows are only ever added, in journal order: the highest seq held marks what is applied.
-        applied = cur.execute(sql.SQL("SELECT coalesce(max(seq), 0) FROM {}").format(table)).fetchone()[0]  # type: ignore[index]
-        rows = [self._row(e) for e in entries if e.topic in REMEMBERED and e.seq > applied]
+        # Rows are only ever added, in journal order, so the highest seq held marks what is applied
+        # as well, where no runner keeps the table.
+        held = cur.execute(sql.SQL("SELECT coalesce(max(seq), 0) FROM {}").format(table)).fetchone()[0]  # type: ignore[index]
+        entries = [e for e in entries if e.seq > applied_through(cur, table)]
+        rows = [self._row(e) for e in entries if e.topic in REMEMBERED and e.seq > held]
         if rows:
             with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
                     table, sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))) as copy:
@@ -220,3 +222,21 @@ def unembedded(conn: psycopg.Connection[Any], app: str) -> int:
     """How many remembered events have no vector here (their embedder's dimension is not `dim`)."""
     query = sql.SQL("SELECT count(*) FROM {} WHERE vector IS NULL").format(Memory.view(app))
     return conn.execute(query).fetchone()[0]  # type: ignore[index]
+
+
+def high_resonance_centroid(conn: psycopg.Connection[Any], app: str, window: int,
+                            max_seq: int | None = None) -> tuple[np.ndarray, int] | None:
+    """The mean of the newest `window` vectors with resonance >= HIGH journaled up to `max_seq`,
+    and how many it averages; None while there are none."""
+    centroid, n = conn.execute(sql.SQL(
+        "SELECT avg(vector), count(*) FROM (SELECT vector FROM {} WHERE resonance >= {} AND vector IS NOT NULL"
+        " AND seq <= %s ORDER BY seq DESC LIMIT %s) high").format(Memory.view(app), sql.Literal(HIGH)),
+        [2**63 - 1 if max_seq is None else max_seq, window]).fetchone()  # type: ignore[misc]
+    return (centroid.to_numpy().astype(np.float32), n) if n else None
+
+
+def seq_of(conn: psycopg.Connection[Any], app: str, event_id: uuid.UUID) -> int | None:
+    """The journal seq of the remembered event with id `event_id` (the first, if the id recurs), or None."""
+    row = conn.execute(sql.SQL("SELECT seq FROM {} WHERE id = %s ORDER BY seq LIMIT 1").format(Memory.view(app)),
+                       [event_id]).fetchone()
+    return row[0] if row else None

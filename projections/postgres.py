@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg import OperationalError  # for soul/cli, which catches it without importing psycopg
 
 from journal.secrets import redact_url
 from journal.embedded import ServiceError, process_alive, soul_home, stop_process

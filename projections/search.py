@@ -10,7 +10,7 @@ One statement per search, against the `memory` view (so it keeps working across 
   work as on the web; all words must appear), or the same query with `.`, `/`, `:` read as
   spaces (see memory.py), ranked by ts_rank; a corpus filters them. Only the newest
   KEYWORD_WINDOW matches are ranked: ranking all of them for words found in most memories
-  ("the error") took ~200 ms at 100k rows; now such queries are answered from recent memories
+  ("the error") takes ~200 ms at 100k rows, so such queries are answered from recent memories
   in bounded time (the planner walks the seq index backwards for those, and takes the GIN index
   for rarer words).
 - hybrid: reciprocal rank fusion of both lists (score = sum of 1 / (60 + rank)), which needs no

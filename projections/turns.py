@@ -10,33 +10,40 @@ same table (a projection keeps one table) but are never read by a scan.
 
 A summary's `first_seq`/`last_seq` are the journal range it stands for (soul/agent/context.py
 writes them). A `redaction` (`soul forget`) removes the row of the event it names, so the
-window never shows it again; a summary written before the redaction keeps its own words. Token counts are not stored: they belong to the active model's tokenizer,
-which may change while the journal does not.
+window never shows it again; a summary written before the redaction keeps its own words.
+Token counts are not stored: they belong to the active model's tokenizer, which may change
+while the journal does not.
+
+Every read of the view is a function here (after the projection), so its queries stay next to
+the indexes they are written for.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from journal.journal import Entry
-from projections.base import Projection
+from projections.base import Projection, applied_through
 
 log = logging.getLogger("soul.projections.turns")
 
 TURNS = ("perception", "thought", "tool_result")
 PINNED = ("self_defined", "notebook_written")
 COLUMNS = ("seq", "id", "conversation", "type", "prose", "first_seq", "last_seq")
+PAGE = 64  # turns read per round trip
+NEWEST = 2**63 - 1  # above every seq
 
 
 class Turns(Projection):
     name = "turns"
-    version = 2  # 2: event ids, so a redaction can remove its event's row
+    version = 2
     types = (*TURNS, "summary", *PINNED, "redaction")
 
     def create(self, cur: psycopg.Cursor[Any], table: sql.Identifier) -> None:
@@ -50,9 +57,12 @@ class Turns(Projection):
             table, sql.SQL(", ").join(map(sql.Literal, PINNED))))
 
     def apply(self, cur: psycopg.Cursor[Any], table: sql.Identifier, entries: Sequence[Entry]) -> None:
-        # Rows are only ever added, in journal order: the highest seq held marks what is applied.
-        applied = cur.execute(sql.SQL("SELECT coalesce(max(seq), 0) FROM {}").format(table)).fetchone()[0]  # type: ignore[index]
-        rows = [row for e in entries if e.seq > applied and e.topic != "redaction" and (row := self._row(e)) is not None]
+        # Rows are only ever added, in journal order, so the highest seq held marks what is applied
+        # as well, where no runner keeps the table.
+        held = cur.execute(sql.SQL("SELECT coalesce(max(seq), 0) FROM {}").format(table)).fetchone()[0]  # type: ignore[index]
+        applied = max(held, applied_through(cur, table))
+        entries = [e for e in entries if e.seq > applied]
+        rows = [row for e in entries if e.topic != "redaction" and (row := self._row(e)) is not None]
         if rows:
             with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
                     table, sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))) as copy:
@@ -88,3 +98,97 @@ def _forgotten(e: Entry) -> uuid.UUID | None:
     except ValueError:
         log.warning("turns: redaction at seq %d names no event id: %r", e.seq, e.event.data)  # type: ignore[union-attr]
         return None
+
+
+# -- reads -----------------------------------------------------------------------------------
+# `db` is a connection, or the cursor of a `snapshot` when reads must agree with each other.
+
+
+@contextmanager
+def snapshot(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Cursor[Any]]:
+    """A cursor whose reads (and those of `conn` meanwhile) all see one snapshot of the projections."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        yield cur
+
+
+def latest_pinned(db: psycopg.Connection[Any] | psycopg.Cursor[Any], app: str, kind: str,
+                  max_seq: int | None = None) -> str | None:
+    """The prose of the latest `kind` (one of PINNED) journaled up to `max_seq`, or None."""
+    # The type as a literal: a generic plan for `type = $1` could not use the partial index.
+    row = db.execute(sql.SQL("SELECT prose FROM {} WHERE type = {} AND seq <= %s ORDER BY seq DESC LIMIT 1").format(
+        Turns.view(app), sql.Literal(kind)), [NEWEST if max_seq is None else max_seq]).fetchone()
+    return row[0] if row else None
+
+
+def latest_summary(db: psycopg.Connection[Any] | psycopg.Cursor[Any], app: str,
+                   conversation: str) -> tuple[int, str, int, int] | None:
+    """(seq, prose, first_seq, last_seq) of the conversation's latest summary, or None."""
+    return db.execute(sql.SQL(
+        "SELECT seq, prose, first_seq, last_seq FROM {} WHERE conversation = %s AND type = 'summary'"
+        " ORDER BY seq DESC LIMIT 1").format(Turns.view(app)), [conversation]).fetchone()
+
+
+def newest_first(db: psycopg.Connection[Any] | psycopg.Cursor[Any], app: str, conversation: str,
+                 after: int) -> Iterator[tuple[int, str, str]]:
+    """(seq, type, prose) of the conversation's turns with seq > `after`, newest first, a PAGE per query."""
+    query = sql.SQL("SELECT seq, type, prose FROM {} WHERE conversation = %s AND seq > %s AND seq < %s"
+                    " AND type = ANY(%s) ORDER BY seq DESC LIMIT %s").format(Turns.view(app))
+    before = NEWEST
+    while True:
+        page = db.execute(query, [conversation, after, before, list(TURNS), PAGE]).fetchall()
+        yield from page
+        if len(page) < PAGE:
+            return
+        before = page[-1][0]
+
+
+def of_conversation(db: psycopg.Connection[Any] | psycopg.Cursor[Any], app: str, conversation: str,
+                    seqs: Sequence[int], after: int) -> set[int]:
+    """Those of `seqs` that are rows of `conversation` with seq > `after`."""
+    return {seq for (seq,) in db.execute(sql.SQL(
+        "SELECT seq FROM {} WHERE seq = ANY(%s) AND conversation = %s AND seq > %s").format(Turns.view(app)),
+        [list(seqs), conversation, after])}
+
+
+def first_turn(db: psycopg.Connection[Any] | psycopg.Cursor[Any], app: str, conversation: str,
+               after: int) -> int | None:
+    """The seq of the conversation's oldest turn with seq > `after`, or None."""
+    return db.execute(sql.SQL(
+        "SELECT min(seq) FROM {} WHERE conversation = %s AND seq > %s AND type = ANY(%s)").format(Turns.view(app)),
+        [conversation, after, list(TURNS)]).fetchone()[0]  # type: ignore[index]
+
+
+def prose_between(db: psycopg.Connection[Any] | psycopg.Cursor[Any], app: str, conversation: str,
+                  first: int, last: int, limit: int) -> list[str]:
+    """The prose of the conversation's turns with seq in first..last, oldest first, at most `limit`."""
+    rows = db.execute(sql.SQL(
+        "SELECT prose FROM {} WHERE conversation = %s AND seq BETWEEN %s AND %s AND type = ANY(%s)"
+        " ORDER BY seq LIMIT %s").format(Turns.view(app)), [conversation, first, last, list(TURNS), limit]).fetchall()
+    return [prose for (prose,) in rows]
+
+
+def last_thought(db: psycopg.Connection[Any] | psycopg.Cursor[Any], app: str, conversation: str) -> int | None:
+    """The seq of the conversation's newest thought, or None."""
+    row = db.execute(sql.SQL(
+        "SELECT seq FROM {} WHERE conversation = %s AND type = 'thought' ORDER BY seq DESC LIMIT 1"
+    ).format(Turns.view(app)), [conversation]).fetchone()
+    return row[0] if row else None
+
+
+def unanswered(db: psycopg.Connection[Any] | psycopg.Cursor[Any], app: str,
+               conversation: str | None = None) -> list[tuple[str, int]]:
+    """(conversation, seq) of each perception that is its conversation's newest turn: a turn a
+    process died in. With `conversation`, that conversation's alone; without, every
+    conversation's but the `source:*` originators', which hold bare perceptions (`soul
+    perceive`), not conversations."""
+    view = Turns.view(app)
+    if conversation is not None:  # through the (conversation, seq DESC) index: one row read
+        row = db.execute(sql.SQL(
+            "SELECT seq, type FROM {} WHERE conversation = %s AND type = ANY(%s) ORDER BY seq DESC LIMIT 1"
+        ).format(view), [conversation, list(TURNS)]).fetchone()
+        return [(conversation, row[0])] if row is not None and row[1] == "perception" else []
+    rows = db.execute(sql.SQL(
+        "SELECT DISTINCT ON (conversation) conversation, seq, type FROM {} WHERE type = ANY(%s)"
+        " ORDER BY conversation, seq DESC").format(view), [list(TURNS)]).fetchall()
+    return [(c, seq) for c, seq, kind in rows if kind == "perception" and not c.startswith("source:")]

@@ -24,6 +24,8 @@ from projections.postgres import EmbeddedPostgres, connect
 from evolution.weights.blas import reexec_with_optimized_blas
 from tests.support import drop_schema
 
+pytest.register_assert_rewrite("tests.projections.contract")  # its asserts run in the tests that subclass it
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # Run the suite on OpenBLAS as `soul` does (evolution/weights/blas.py); servers it starts do not inherit it.

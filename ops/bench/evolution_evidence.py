@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evidence that evolution works (issue 5), on the embedded SmolLM2-135M-Instruct.
+"""Evidence that evolution works, on the embedded SmolLM2-135M-Instruct.
 
     python ops/bench/evolution_evidence.py [--iters 30] [--learning-rates 1e-5,2e-5,5e-5]
         [--densities 0.3,1.0] [--lambdas 0.5,0.7,1.0] [--only sweep|lineage] [--json]   # ~30 min

@@ -24,16 +24,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-import psycopg
-from psycopg import sql
 
 from journal.event import BifocalEvent
 from journal.journal import Journal
 from projections.search import Hit, search
-from projections.turns import PINNED, TURNS, Turns
+from projections.turns import (PINNED, first_turn, latest_pinned, latest_summary, newest_first, of_conversation,
+                               prose_between, snapshot)
 
 MAX_BUDGET = 128 * 1024  # the largest window any supported model offers
-PAGE = 64  # turns read per round trip
 TRUNCATED = " […truncated]"
 SUMMARY_CHARS = 2000  # placeholder extractive summaries are cut to this many characters
 SUMMARY_ROWS = 200  # at most this many evicted turns lend a sentence to a summary
@@ -84,32 +82,6 @@ def truncate(tokenizer: Tokenizer, text: str, cap: int) -> str:
     return text[:low] + TRUNCATED if count(tokenizer, text[:low] + TRUNCATED) <= cap else ""
 
 
-def _latest_pinned(cur: psycopg.Cursor[Any], view: sql.Composable, kind: str, max_seq: int | None) -> str | None:
-    # The type as a literal: a generic plan for `type = $1` could not use the partial index.
-    row = cur.execute(sql.SQL("SELECT prose FROM {} WHERE type = {} AND seq <= %s ORDER BY seq DESC LIMIT 1").format(
-        view, sql.Literal(kind)), [2**63 - 1 if max_seq is None else max_seq]).fetchone()
-    return row[0] if row else None
-
-
-def _latest_summary(cur: psycopg.Cursor[Any], view: sql.Composable, conversation: str) -> tuple[int, str, int, int] | None:
-    return cur.execute(sql.SQL(
-        "SELECT seq, prose, first_seq, last_seq FROM {} WHERE conversation = %s AND type = 'summary'"
-        " ORDER BY seq DESC LIMIT 1").format(view), [conversation]).fetchone()
-
-
-def _turns_newest_first(cur: psycopg.Cursor[Any], view: sql.Composable, conversation: str, after: int):
-    """(seq, type, prose) of the conversation's turns with seq > `after`, newest first, a page per query."""
-    query = sql.SQL("SELECT seq, type, prose FROM {} WHERE conversation = %s AND seq > %s AND seq < %s"
-                    " AND type = ANY(%s) ORDER BY seq DESC LIMIT %s").format(view)
-    before = 2**63 - 1
-    while True:
-        page = cur.execute(query, [conversation, after, before, list(TURNS), PAGE]).fetchall()
-        yield from page
-        if len(page) < PAGE:
-            return
-        before = page[-1][0]
-
-
 def render_turn(seq: int, kind: str, prose: str) -> str:
     return f"[{seq} {kind}] {prose}\n"
 
@@ -124,7 +96,7 @@ def render(blocks: Sequence[Block]) -> str:
     return "".join(b.text for b in blocks)
 
 
-def _retrievals(conn: psycopg.Connection[Any], app: str, text: str, vector: np.ndarray | None, k: int,
+def _retrievals(conn: Any, app: str, text: str, vector: np.ndarray | None, k: int,
                 corpus: str | None, max_seq: int | None) -> list[Hit]:
     """Up to 2k hits, alternating the mounted corpus's and the soul's own memories (not other corpora's chunks)."""
     mode = "hybrid" if vector is not None else "keyword"
@@ -134,7 +106,7 @@ def _retrievals(conn: psycopg.Connection[Any], app: str, text: str, vector: np.n
     return [h for pair in zip(mounted, own) for h in pair] + mounted[len(own):] + own[len(mounted):]
 
 
-def assemble(conn: psycopg.Connection[Any], app: str, conversation: str, query_vector: np.ndarray | None,
+def assemble(conn: Any, app: str, conversation: str, query_vector: np.ndarray | None,
              tokenizer: Tokenizer, budget: int, notebook_cap: int = 2048, retrieval_k: int = 0,
              mounted_corpus: str | None = None, max_seq: int | None = None,
              summary_cap: int | None = None) -> Context:
@@ -146,11 +118,9 @@ def assemble(conn: psycopg.Connection[Any], app: str, conversation: str, query_v
         raise ValueError(f"budget must be between 1 and {MAX_BUDGET} tokens, not {budget}")
     if notebook_cap < 0 or retrieval_k < 0:
         raise ValueError("notebook_cap and retrieval_k must not be negative")
-    view = Turns.view(app)
-    with conn.transaction(), conn.cursor() as cur:  # one snapshot of the projection
-        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        self_definition, notebook = (_latest_pinned(cur, view, kind, max_seq) for kind in PINNED)
-        summary = _latest_summary(cur, view, conversation)
+    with snapshot(conn) as cur:  # every read below, retrievals too, sees one state of the projections
+        self_definition, notebook = (latest_pinned(cur, app, kind, max_seq) for kind in PINNED)
+        summary = latest_summary(cur, app, conversation)
         covered = summary[3] if summary else 0
         pinned = []
         if self_definition is not None:
@@ -165,16 +135,14 @@ def assemble(conn: psycopg.Connection[Any], app: str, conversation: str, query_v
             room = budget - used - count(tokenizer, head + "\n")
             text = truncate(tokenizer, summary[1], room if summary_cap is None else min(room, summary_cap))
             pinned.append(Block("summary", f"{head}{text}\n", summary[0]))
-        turns = _turns_newest_first(cur, view, conversation, covered)
+        turns = newest_first(cur, app, conversation, covered)
         newest = next(turns, None)
         hits: list[Hit] = []
         if retrieval_k and newest is not None:
             hits = _retrievals(conn, app, newest[2], query_vector, retrieval_k, mounted_corpus, max_seq)
             # The conversation's own unsummarised turns are in the window or on their way out of
             # it into a summary: recalling them would only repeat them.
-            own = {seq for (seq,) in cur.execute(sql.SQL(
-                "SELECT seq FROM {} WHERE seq = ANY(%s) AND conversation = %s AND seq > %s").format(view),
-                [[h.seq for h in hits], conversation, covered])}
+            own = of_conversation(cur, app, conversation, [h.seq for h in hits], covered)
             hits = [h for h in hits if h.seq not in own][:retrieval_k]
         header = [] if summary or newest is None else [Block("header", "# Conversation\n")]
         # Blocks end in a newline, so (for byte-level BPE) their counts add up; the whole text is
@@ -208,10 +176,7 @@ def assemble(conn: psycopg.Connection[Any], app: str, conversation: str, query_v
             evicted_from = window.pop(0).seq
         evictions = ()
         if evicted_from is not None:
-            (first,) = cur.execute(sql.SQL(
-                "SELECT min(seq) FROM {} WHERE conversation = %s AND seq > %s AND type = ANY(%s)").format(view),
-                [conversation, covered, list(TURNS)]).fetchone()  # type: ignore[misc]
-            evictions = ((first, evicted_from),)
+            evictions = ((first_turn(cur, app, conversation, covered), evicted_from),)
     return Context(tuple(blocks), text, tokens, hashlib.sha256(text.encode()).hexdigest(), evictions)
 
 
@@ -220,7 +185,7 @@ def first_sentence(prose: str) -> str:
     return match.group(0).strip() if match else ""
 
 
-def summarise(journal: Journal, conn: psycopg.Connection[Any], conversation: str, evicted: tuple[int, int]) -> int:
+def summarise(journal: Journal, conn: Any, conversation: str, evicted: tuple[int, int]) -> int:
     """Journal a summary of the turns `evicted` (a range from Context.evictions); its seq.
 
     Placeholder until the mind can summarise: the previous summary's prose, then the first
@@ -230,14 +195,9 @@ def summarise(journal: Journal, conn: psycopg.Connection[Any], conversation: str
     first, last = evicted
     if not 1 <= first <= last:
         raise ValueError(f"an evicted range runs from a first to a last seq >= 1, not {first}..{last}")
-    app = journal.app
-    view = Turns.view(app)
-    with conn.transaction(), conn.cursor() as cur:
-        previous = _latest_summary(cur, view, conversation)
-        rows = cur.execute(sql.SQL(
-            "SELECT prose FROM {} WHERE conversation = %s AND seq BETWEEN %s AND %s AND type = ANY(%s)"
-            " ORDER BY seq LIMIT %s").format(view), [conversation, first, last, list(TURNS), SUMMARY_ROWS]).fetchall()
-    sentences = ([previous[1]] if previous else []) + [first_sentence(p) for (p,) in rows]
+    previous = latest_summary(conn, journal.app, conversation)
+    evicted_prose = prose_between(conn, journal.app, conversation, first, last, SUMMARY_ROWS)
+    sentences = ([previous[1]] if previous else []) + [first_sentence(p) for p in evicted_prose]
     prose = " ".join(s for s in sentences if s)
     if len(prose) > SUMMARY_CHARS:
         prose = prose[: SUMMARY_CHARS - 1] + "…"

@@ -12,13 +12,10 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import psycopg
-from psycopg import sql
 
 from journal.event import BifocalEvent
 from journal.journal import Entry, Journal
-from projections.memory import Memory
-from projections.resonance import HIGH
+from projections.memory import high_resonance_centroid, seq_of
 
 if TYPE_CHECKING:
     from soul.agent.mind import Mind
@@ -43,18 +40,15 @@ def self_judgement(mind: Mind, messages: list[dict[str, Any]], reply: str) -> tu
     return score, f"self: P(yes) = {score:.4f} when asked: {SELF_QUESTION}"
 
 
-def similarity_judgement(conn: psycopg.Connection[Any], app: str, vector: np.ndarray,
+def similarity_judgement(conn: Any, app: str, vector: np.ndarray,
                          max_seq: int | None = None) -> tuple[float, str] | None:
     """The similarity judge: cosine similarity (negative counts as 0) of `vector` to the
     centroid of the newest CENTROID_WINDOW remembered vectors with resonance >= HIGH; None
     while there are none."""
-    centroid, n = conn.execute(sql.SQL(
-        "SELECT avg(vector), count(*) FROM (SELECT vector FROM {} WHERE resonance >= {} AND vector IS NOT NULL"
-        " AND seq <= %s ORDER BY seq DESC LIMIT %s) high").format(Memory.view(app), sql.Literal(HIGH)),
-        [2**63 - 1 if max_seq is None else max_seq, CENTROID_WINDOW]).fetchone()  # type: ignore[misc]
-    if not n:
+    found = high_resonance_centroid(conn, app, CENTROID_WINDOW, max_seq)
+    if found is None:
         return None
-    centroid = centroid.to_numpy().astype(np.float32)
+    centroid, n = found
     if centroid.shape != vector.shape:  # a vector of another embedder: not comparable
         return None
     norms = float(np.linalg.norm(vector) * np.linalg.norm(centroid))
@@ -72,7 +66,7 @@ def judgement(target: BifocalEvent, score: float, judge: str, rationale: str, em
                         data={"event": str(target.id), "score": score, "judge": judge, "rationale": rationale})
 
 
-def find_event(journal: Journal, conn: psycopg.Connection[Any], app: str, ref: str) -> Entry:
+def find_event(journal: Journal, conn: Any, app: str, ref: str) -> Entry:
     """The journal entry `ref` names: a sequence number, or an event id held in memory."""
     if ref.isdigit():
         seq = int(ref)
@@ -81,18 +75,17 @@ def find_event(journal: Journal, conn: psycopg.Connection[Any], app: str, ref: s
             event_id = uuid.UUID(ref)
         except ValueError:
             raise RatingError(f"{ref!r} is neither a journal sequence number nor an event id") from None
-        row = conn.execute(sql.SQL("SELECT seq FROM {} WHERE id = %s ORDER BY seq LIMIT 1").format(Memory.view(app)),
-                           [event_id]).fetchone()
-        if row is None:
+        found = seq_of(conn, app, event_id)
+        if found is None:
             raise RatingError(f"no remembered event has id {ref}")
-        seq = row[0]
+        seq = found
     entry = next(journal.read(since=seq, limit=1), None)
     if entry is None or entry.seq != seq or entry.event is None:
         raise RatingError(f"no readable event at sequence {seq}")
     return entry
 
 
-def rate(journal: Journal, conn: psycopg.Connection[Any], app: str, ref: str, score: float, embedder: Any,
+def rate(journal: Journal, conn: Any, app: str, ref: str, score: float, embedder: Any,
          judge: str = "user", rationale: str | None = None) -> tuple[int, Entry]:
     """Journal `judge`'s rating of the event `ref` names (see find_event); the resonance
     event's seq and the rated entry."""

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from psycopg import sql
 
 from journal.embedded import soul_home
 from journal.errors import one_line
@@ -48,13 +47,13 @@ from journal.secrets import redact_secrets
 from projections import corpora
 from projections.corpora import Corpora
 from projections.memory import Memory
-from projections.postgres import connect, pg_url
+from projections.postgres import pg_url
+from projections.resonance import combine
 from projections.runner import ProjectionRunner
 from projections.search import Hit, search
-from projections.turns import TURNS, Turns
+from projections.turns import Turns, last_thought, latest_pinned, unanswered
 from soul.agent.context import Context, assemble, parse_turn, summarise
 from soul.agent.judges import SELF_QUESTION, RatingError, judgement, self_judgement, similarity_judgement
-from projections.resonance import combine
 from soul.agent.judges import rate as rate_event
 from soul.agent.tools import TOOLS, ToolError
 
@@ -213,12 +212,11 @@ class Soul:
         """The conversation's newest perception if no thought or tool result came after it:
         a turn a process died in. `answer` it to go on."""
         self.catch_up(Turns.name)
-        row = self.conn.execute(sql.SQL(
-            "SELECT seq, type FROM {} WHERE conversation = %s AND type = ANY(%s) ORDER BY seq DESC LIMIT 1"
-        ).format(Turns.view(self.app)), [conversation or self.conversation, list(TURNS)]).fetchone()
-        if row is None or row[1] != "perception":
+        found = unanswered(self.conn, self.app, conversation or self.conversation)
+        if not found:
             return None
-        return next(self.journal.read(since=row[0], limit=1), None)
+        ((_, seq),) = found
+        return next(self.journal.read(since=seq, limit=1), None)
 
     def answer(self, perception: Entry, *, on_token: Callable[[str], None] | None = None) -> TurnResult:
         """Think about a journaled perception: thoughts, tool calls, resonance."""
@@ -381,12 +379,10 @@ class Soul:
         last thought); the resonance event's seq."""
         self.catch_up(Turns.name, Memory.name)
         if event is None:
-            row = self.conn.execute(sql.SQL(
-                "SELECT seq FROM {} WHERE conversation = %s AND type = 'thought' ORDER BY seq DESC LIMIT 1"
-            ).format(Turns.view(self.app)), [conversation or self.conversation]).fetchone()
-            if row is None:
+            thought = last_thought(self.conn, self.app, conversation or self.conversation)
+            if thought is None:
                 raise RatingError("no thought to rate yet in this conversation")
-            event = str(row[0])
+            event = str(thought)
         seq, _ = rate_event(self.journal, self.conn, self.app, event, score, self.embedder, rationale=rationale)
         return seq
 
@@ -403,9 +399,7 @@ class Soul:
         """A soul without a self-definition journals the default one, so the window it thinks
         in is the journal's, all of it."""
         self.catch_up(Turns.name)
-        found = self.conn.execute(sql.SQL("SELECT 1 FROM {} WHERE type = 'self_defined' LIMIT 1").format(
-            Turns.view(self.app))).fetchone()
-        if found is None:
+        if latest_pinned(self.conn, self.app, "self_defined") is None:
             self.pin("self_defined", DEFAULT_SELF)
 
     def recall(self, query: str, limit: int = 5) -> list[Hit]:

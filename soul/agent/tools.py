@@ -1,10 +1,12 @@
 """The soul's tools (design §7): what the mind (tool calls) and the user (chat commands) can do.
 
 A tool is a name, a description, the JSON schema of its arguments (what a tool-calling model
-is shown) and `run(soul, arguments) -> str`. `register` adds one to `TOOLS`; the daemon adds
-`message` and `mcp` this way. The soul journals each call (`tool_call`, then `tool_result`
-with the outcome and duration, see `Soul.call_tool`); a tool only does its work and returns
-what it has to say, raising `ToolError` (or anything else) when it cannot.
+is shown) and `run(soul, arguments) -> str`, the soul being a `ToolHost`: what tools may use
+of it, declared here so that tools need not know the turn loop. `register` adds one to
+`TOOLS`; soul/doors adds `message` and `agent` this way. The soul journals each call
+(`tool_call`, then `tool_result` with the outcome and duration, see `Soul.call_tool`); a tool
+only does its work and returns what it has to say, raising `ToolError` (or anything else)
+when it cannot.
 
 A chat command `/NAME ARGS` calls tool NAME: ARGS fill its parameters in order, one word each,
 the last one taking the rest of the line (so `/recall what did we decide` is one query).
@@ -14,15 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from journal.event import NO_EMBEDDER, BifocalEvent
+from journal.journal import Journal
 from projections import corpora
-from soul.agent.context import count
+from projections.search import Hit
+from soul.agent.context import Tokenizer, count
 from soul.agent.corpus import originator as corpus_originator
-
-if TYPE_CHECKING:
-    from soul.agent.loop import Soul
 
 RECALL_LIMIT = 5
 RECALL_EXCERPT = 300  # characters of each recalled memory
@@ -32,12 +33,33 @@ class ToolError(ValueError):
     """A tool could not do what was asked; the message says why (it becomes the tool result)."""
 
 
+class Tokenized(Protocol):
+    tokenizer: Tokenizer  # counts a self-definition's tokens
+
+
+class ToolHost(Protocol):
+    """What tools use of the soul that runs them (soul.agent.loop.Soul is one)."""
+
+    app: str
+    journal: Journal
+    embedder: Any
+    conn: Any  # the connection the projections are read through
+    budget: int  # the context window's tokens
+
+    @property
+    def mind(self) -> Tokenized: ...
+
+    def recall(self, query: str, limit: int = 5) -> list[Hit]: ...
+
+    def pin(self, kind: str, text: str) -> int: ...
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str
     description: str
     parameters: dict[str, Any]  # JSON schema of the arguments object
-    run: Callable[[Soul, dict[str, Any]], str]
+    run: Callable[[ToolHost, dict[str, Any]], str]
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI-style function description chat templates render for tool-calling models."""
@@ -77,7 +99,7 @@ def required(arguments: dict[str, Any], name: str) -> str:
 # -- the built-in tools -------------------------------------------------------------------
 
 
-def recall(soul: Soul, arguments: dict[str, Any]) -> str:
+def recall(soul: ToolHost, arguments: dict[str, Any]) -> str:
     query = required(arguments, "query")
     hits = soul.recall(query, limit=RECALL_LIMIT)
     if not hits:
@@ -90,11 +112,11 @@ def recall(soul: Soul, arguments: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _corpus_event(soul: Soul, kind: str, name: str, prose: str) -> None:
+def _corpus_event(soul: ToolHost, kind: str, name: str, prose: str) -> None:
     soul.journal.add(BifocalEvent(kind, prose, [], NO_EMBEDDER, corpus_originator(name), corpus=name))
 
 
-def mount(soul: Soul, arguments: dict[str, Any]) -> str:
+def mount(soul: ToolHost, arguments: dict[str, Any]) -> str:
     name = required(arguments, "corpus")
     known = [c["name"] for c in corpora.listing(soul.conn, soul.app)]
     if name not in known:
@@ -103,7 +125,7 @@ def mount(soul: Soul, arguments: dict[str, Any]) -> str:
     return f"mounted corpus {name}"
 
 
-def unmount(soul: Soul, arguments: dict[str, Any]) -> str:
+def unmount(soul: ToolHost, arguments: dict[str, Any]) -> str:
     name = corpora.mounted(soul.conn, soul.app)
     if name is None:
         raise ToolError("no corpus is mounted")
@@ -111,7 +133,7 @@ def unmount(soul: Soul, arguments: dict[str, Any]) -> str:
     return f"unmounted corpus {name}"
 
 
-def define_self(soul: Soul, arguments: dict[str, Any]) -> str:
+def define_self(soul: ToolHost, arguments: dict[str, Any]) -> str:
     text = required(arguments, "text")
     cap = soul.budget // 4  # the pinned self must leave the window room for the conversation
     if count(soul.mind.tokenizer, text) > cap:
@@ -120,7 +142,7 @@ def define_self(soul: Soul, arguments: dict[str, Any]) -> str:
     return "self-definition rewritten"
 
 
-def write_notebook(soul: Soul, arguments: dict[str, Any]) -> str:
+def write_notebook(soul: ToolHost, arguments: dict[str, Any]) -> str:
     text = required(arguments, "text")
     soul.pin("notebook_written", text)
     return "notebook rewritten"

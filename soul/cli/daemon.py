@@ -17,7 +17,7 @@ import orjson
 from journal.embedded import process_alive, soul_home, stop_process
 from journal.journal import Journal
 from soul.agent.loop import Soul
-from soul.cli.mind import mind_errors, model_option, open_soul
+from soul.cli.options import app_of, json_option, mind_errors, model_option, open_soul
 from soul.doors.daemon import Daemon, DaemonError, running
 
 
@@ -26,7 +26,7 @@ from soul.doors.daemon import Daemon, DaemonError, running
 @click.option("--status", "show_status", is_flag=True, help="Only say whether a daemon runs for SOUL_HOME, its pid, soul and model.")
 @click.option("--stop", "stop_it", is_flag=True, help="Only stop the running daemon (SIGTERM; SIGKILL after --timeout).")
 @click.option("--timeout", default=60.0, show_default=True, help="With --stop: seconds to wait before killing it.")
-@click.option("--json", "as_json", is_flag=True, help="With --status: print the state as one JSON object.")
+@json_option("With --status: print the state as one JSON object.")
 @click.option("--evolve-every", envvar="SOUL_EVOLVE_EVERY", metavar="PERIOD",
               help="Evolve the soul when idle once every PERIOD (30m, 12h, 7d, 1w) since the last evolve run, "
                    "like `soul evolve`; a promoted generation thinks from the daemon's next start. Default: never.")
@@ -44,7 +44,7 @@ def daemon(ctx: click.Context, model: Path | None, show_status: bool, stop_it: b
     elif stop_it:
         stop(home, timeout)
     else:
-        serve(ctx.obj["app"], home, model, cadence(home, model, evolve_every, evolve_config))
+        serve(app_of(ctx), home, model, cadence(home, model, evolve_every, evolve_config))
 
 
 def cadence(home: Path, model: Path | None, every: str | None, config_path: Path | None) -> Callable[[Journal], Any] | None:

@@ -12,11 +12,35 @@ from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
 
+import click
+import orjson
+
 from journal.embedded import EmbeddedNats, soul_home
 from journal.errors import one_line
 from journal.journal import Journal
 from journal.secrets import redact_url
 from projections.postgres import EmbeddedPostgres, server_versions
+from soul.cli.options import app_of, default_embedder, json_option
+
+
+@click.command()
+@json_option("Print the report as one JSON object.")
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """What the soul runs on (device, BLAS, mlx, model and embedder with their hashes) and
+    whether NATS and Postgres answer. Exit status 1 if any part does not."""
+    figures = report(app_of(ctx))
+    if as_json:
+        click.echo(orjson.dumps(figures).decode())
+    else:
+        click.echo(f"{'home':<10} {figures['home']}")
+        for part, found in figures.items():
+            if part == "home":
+                continue
+            details = "  ".join(f"{k}={v}" for k, v in found.items() if k not in ("ok", "error"))
+            click.echo(f"{part:<10} {'ok  ' if found['ok'] else 'FAIL'}  {found.get('error') or details}")
+    if not all(found["ok"] for part, found in figures.items() if part != "home"):
+        ctx.exit(1)
 
 
 def _check(probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -46,9 +70,7 @@ def _model() -> dict[str, Any]:
 
 
 def _embedder() -> dict[str, Any]:
-    from soul.agent.embedder import load_default_embedder
-
-    embedder = load_default_embedder()
+    embedder = default_embedder()
     return {"embedder": embedder.name, "dim": embedder.dim}
 
 
@@ -71,6 +93,7 @@ def _postgres() -> dict[str, Any]:
 
 
 def report(app: str) -> dict[str, Any]:
+    """Each part's findings; the heavy ones (MLX, the models) are imported only when probed."""
     return {
         "home": str(soul_home()),
         "compute": _check(_compute),

@@ -18,11 +18,8 @@ from evolution.store import GenerationStore, StoreError
 from journal.embedded import soul_home
 from journal.event import NO_EMBEDDER, BifocalEvent
 from journal.journal import Entry, Journal
+from soul.cli.options import app_of, base_model_option, json_option, open_journal
 
-MODEL_OPTION = click.option("--model", "model", type=click.Path(file_okay=False), envvar="SOUL_MODEL",
-                            metavar="DIR", help="Base model W0 (an MLX model folder). Default: the embedded "
-                                                "SmolLM2-135M-Instruct. Env: SOUL_MODEL.")
-JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 FORGETTABLE_NOT = ("redaction", "curation_sealed", "adapter_trained", "generation_sealed",
                    "generation_rejected", "generation_promoted")
 
@@ -33,12 +30,6 @@ def _errors() -> tuple[type[BaseException], ...]:
     from evolution.weights.model import ModelError
 
     return (EvolveError, StoreError, LineageError, MergeConfigError, ModelError, ValueError)
-
-
-def _journal(ctx: click.Context) -> Journal:
-    journal = Journal(app=ctx.obj["app"])
-    ctx.call_on_close(journal.close)
-    return journal
 
 
 class _Bars:
@@ -83,8 +74,8 @@ def _run(work):
               help="Evolution config (YAML; mergekit's ties vocabulary is accepted). Default: the built-in one.")
 @click.option("--rebuild", is_flag=True,
               help="Derive every generation again without the events `soul forget` redacted; say which changed.")
-@MODEL_OPTION
-@JSON_OPTION
+@base_model_option
+@json_option("Print the result as JSON.")
 @click.pass_context
 def evolve(ctx: click.Context, dry_run: bool, config_path: str | None, rebuild: bool, model: str | None,
            as_json: bool) -> None:
@@ -98,7 +89,7 @@ def evolve(ctx: click.Context, dry_run: bool, config_path: str | None, rebuild: 
     """
     if dry_run and rebuild:
         raise click.UsageError("--dry-run and --rebuild do not go together")
-    journal = _journal(ctx)
+    journal = open_journal(ctx)
 
     def work(progress):
         from evolution import evolve as evolution
@@ -155,7 +146,7 @@ def _outcome_line(outcome) -> str:
 
 
 @click.command()
-@JSON_OPTION
+@json_option("Print the result as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
               help="Also draw drift and evaluation across the promoted generations into a PNG.")
 @click.pass_context
@@ -166,10 +157,10 @@ def generations(ctx: click.Context, as_json: bool, plot_path: str | None) -> Non
     drift from W0, evaluation (anchor perplexity against W0's; curated loss before -> after),
     and status. The active generation is marked with *.
     """
-    journal = _journal(ctx)
+    journal = open_journal(ctx)
     runs = lineage(journal)
     try:
-        current = GenerationStore(soul_home(), ctx.obj["app"]).active()
+        current = GenerationStore(soul_home(), app_of(ctx)).active()
     except StoreError as e:
         click.echo(f"warning: {e}", err=True)
         current = None
@@ -232,8 +223,8 @@ def _plot(path: Path, promoted: list[Generation]) -> None:
 @click.command()
 @click.option("--to", "to", required=True, metavar="gen-N", help="The generation to rebuild.")
 @click.option("--from-scratch", is_flag=True, help="Train every adapter again instead of using cached ones.")
-@MODEL_OPTION
-@JSON_OPTION
+@base_model_option
+@json_option("Print the result as JSON.")
 @click.pass_context
 def replay(ctx: click.Context, to: str, from_scratch: bool, model: str | None, as_json: bool) -> None:
     """Rebuild a generation from the journal and check it against its sealed root hash.
@@ -243,7 +234,7 @@ def replay(ctx: click.Context, to: str, from_scratch: bool, model: str | None, a
     BLAS. A matching generation is kept in the store, so `soul export` and talking as that past
     self can use it.
     """
-    journal = _journal(ctx)
+    journal = open_journal(ctx)
 
     def work(progress):
         from evolution.evolve import base_model
@@ -293,13 +284,13 @@ def export(ctx: click.Context, generation: str, folder: str) -> None:
 
     Its tensors are hashed against the seal before they are copied.
     """
-    journal = _journal(ctx)
+    journal = open_journal(ctx)
     out = Path(folder)
     if out.exists() and any(out.iterdir()):
         raise click.ClickException(f"{out} is not empty; export into a new folder")
     try:
         found = find(journal, generation)
-        source = GenerationStore(soul_home(), ctx.obj["app"]).verify(found.root_sha256)
+        source = GenerationStore(soul_home(), app_of(ctx)).verify(found.root_sha256)
     except StoreError as e:
         raise click.ClickException(f"{e}; `soul replay --to {generation}` rebuilds it") from None
     except LineageError as e:
@@ -328,7 +319,7 @@ def forget(ctx: click.Context, event: str) -> None:
     every curation from now on leaves it out. Generations that already learnt from it keep it
     until `soul evolve --rebuild` derives the lineage again without it.
     """
-    journal = _journal(ctx)
+    journal = open_journal(ctx)
     target = _find_event(journal, event)
     chosen = target.event
     assert chosen is not None

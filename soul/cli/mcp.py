@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 import orjson
 
-from soul.doors import mcp_client, mcp_server
 from soul.agent.loop import Soul
-from soul.cli.mind import model_option
 from soul.agent.tools import ToolError
+from soul.cli.options import app_of, json_option, model_option
+from soul.doors import mcp_client, mcp_server
 
 
 @click.group()
@@ -20,7 +20,7 @@ def mcp() -> None:
 
 
 @mcp.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per server.")
+@json_option("One JSON object per server.")
 @click.pass_context
 def servers(ctx: click.Context, as_json: bool) -> None:
     """The MCP servers configured in SOUL_HOME/mcp.json, each started to list its tools.
@@ -69,5 +69,5 @@ def serve(ctx: click.Context, allow: str | None, model: Path | None) -> None:
         allowed = mcp_server.allowed(allow)
     except mcp_client.ConfigError as e:
         raise click.ClickException(str(e)) from None
-    app = ctx.obj["app"]
+    app = app_of(ctx)
     mcp_server.serve(app, allowed, lambda: Soul.open(app, model_dir=model))

@@ -1,81 +1,31 @@
-"""`soul say`, `soul chat`, `soul rate`: talking to the soul (soul/agent/loop.py).
-
-`open_soul` is the one place that decides where the soul runs: in the running `soul daemon`
-when there is one (attached over NATS, soul/doors/daemon.py), else in this process (the model is
-loaded here).
+"""`soul run`, `soul say`, `soul chat`, `soul rate`: talking to the soul (soul/agent/loop.py), and
+rating what it said. Where the soul runs is `open_soul`'s choice (soul/cli/options.py).
 """
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 import orjson
 
-from journal.embedded import soul_home
 from journal.journal import Journal
 from projections.memory import Memory
 from projections.runner import ProjectionRunner
-from soul.agent.loop import DEFAULT_CONVERSATION, Soul, TurnError, TurnResult
-from soul.agent.judges import RatingError
 from soul.agent.judges import rate as rate_event
+from soul.agent.loop import Soul, TurnResult
+from soul.cli.options import (app_of, as_option, conversation_option, default_embedder, json_option, mind_errors,
+                              model_option, open_soul)
 
 PROMPT = "you> "
 SPEAKER = "soul> "
-
-model_option = click.option(
-    "--model", type=click.Path(path_type=Path), envvar="SOUL_MODEL", metavar="DIR",
-    help="An MLX model directory to think with (SOUL_MODEL). Default: the promoted generation, else the embedded SmolLM2-135M-Instruct.")
-as_option = click.option(
-    "--as", "as_generation", metavar="gen-N",
-    help="Talk to a past self: generation N's weights, remembering only the journal up to its cut.")
-conversation_option = click.option(
-    "-c", "--conversation", default=DEFAULT_CONVERSATION, show_default=True, metavar="ID",
-    help="Which conversation to continue (any name; each keeps its own window).")
-
-
-def _app(ctx: click.Context) -> str:
-    return ctx.obj["app"] if ctx.obj else os.environ.get("SOUL_APP", "soul")
-
-
-def mind_errors() -> tuple[type[Exception], ...]:
-    """The mistakes a user can fix around the mind: a bad model or embedder, a window too small,
-    a bad rating. Imported here, not at the top: they load MLX, which other commands do not need."""
-    from evolution.lineage import LineageError
-    from evolution.store import StoreError
-    from soul.agent.embedder import EmbedderError
-    from evolution.weights.model import ModelError
-
-    return ModelError, EmbedderError, TurnError, RatingError, LineageError, StoreError
-
-
-@contextmanager
-def open_soul(ctx: click.Context, model: Path | None, as_generation: str | None = None) -> Iterator[Soul]:
-    """The soul to talk to: the running `soul daemon`'s if one serves this soul (its model
-    answers; soul/doors/daemon.py), else one opened in this process. `as_generation` ("gen-N") is
-    always opened here: that past self's weights, remembering the journal up to its cut. Model,
-    embedder, lineage, window, rating and daemon mistakes end in one line."""
-    from soul.doors.daemon import DaemonError, attach
-
-    errors = (*mind_errors(), DaemonError)
-    try:
-        if as_generation is not None:
-            from evolution.lineage import parse_name, resolve
-
-            with Journal(_app(ctx)) as journal:
-                folder, cut = resolve(journal, soul_home(), as_generation)
-            opened = Soul.open(_app(ctx), model_dir=folder, generation=f"gen-{parse_name(as_generation)}", as_of=cut)
-        else:
-            opened = attach(_app(ctx)) or Soul.open(_app(ctx), model_dir=model)
-        with opened as soul:
-            yield soul
-    except errors as e:
-        raise click.ClickException(str(e)) from None
+FIRST_WORDS = (
+    "Hello! Who are you, in one sentence?",
+    "What is one thing you will remember about this conversation?",
+)
 
 
 def stream_to(out: Any) -> Callable[[str], None]:
@@ -108,11 +58,34 @@ def show(result: TurnResult, streamed: bool) -> None:
 
 
 @click.command()
+@model_option
+@click.pass_context
+def run(ctx: click.Context, model: Path | None) -> None:
+    """Start the living soul on embedded defaults and show a short exchange.
+
+    Starts what is not running (the embedded NATS with JetStream and PostgreSQL with
+    pgvector, unless SOUL_NATS_URL / SOUL_PG_URL name others), loads the mind (SmolLM2-135M,
+    converted once into SOUL_HOME) and the embedder (all-MiniLM-L6-v2), then takes two turns
+    of the conversation `main`, streaming the replies. Every step is an event on the journal.
+    """
+    with open_soul(ctx, model) as soul:
+        click.echo(f"journal: {soul.journal.where}; mind: {soul.mind.model_id}", err=True)
+        start = soul.journal.last_seq() + 1
+        for prose in FIRST_WORDS:
+            click.echo(f"you> {prose}")
+            click.echo("soul> ", nl=False)
+            soul.turn(prose, on_token=stream_to(sys.stdout))
+            click.echo()
+        events = soul.journal.last_seq() - start + 1
+    click.echo(f"{events} events journaled. Talk on with `soul chat`; watch each step with `soul tail`.", err=True)
+
+
+@click.command()
 @click.argument("prose")
 @conversation_option
 @model_option
 @as_option
-@click.option("--json", "as_json", is_flag=True, help="Print the turn as one JSON object instead of streaming the reply.")
+@json_option("Print the turn as one JSON object instead of streaming the reply.")
 @click.pass_context
 def say(ctx: click.Context, prose: str, conversation: str, model: Path | None, as_generation: str | None,
         as_json: bool) -> None:
@@ -179,21 +152,19 @@ def read_line() -> str | None:
 @click.command()
 @click.argument("event")
 @click.argument("score", type=click.FloatRange(0, 1))
-@click.option("--json", "as_json", is_flag=True, help="Print the resonance event's seq and target as JSON.")
+@json_option("Print the resonance event's seq and target as JSON.")
 @click.pass_context
 def rate(ctx: click.Context, event: str, score: float, as_json: bool) -> None:
     """Rate EVENT (a journal sequence number or an event id) with SCORE between 0 and 1.
 
     The rating is a `resonance` event by the user judge; memory's resonance of EVENT becomes
-    this rating: the user's latest rating decides (see soul/agent/judges.py's combine).
+    this rating: the user's latest rating decides (see projections/resonance.py's combine).
     """
-    from soul.agent.embedder import load_default_embedder  # loads MLX: only when embedding
-
-    app, errors = _app(ctx), mind_errors()
+    app, errors = app_of(ctx), mind_errors()
     try:
         with Journal(app) as journal, ProjectionRunner(journal, Memory()) as runner:
             runner.catch_up()
-            seq, target = rate_event(journal, runner.conn, app, event, score, load_default_embedder())
+            seq, target = rate_event(journal, runner.conn, app, event, score, default_embedder())
     except errors as e:
         raise click.ClickException(str(e)) from None
     assert target.event is not None

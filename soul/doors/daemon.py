@@ -36,13 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from psycopg import sql
 
 from journal.embedded import process_alive, soul_home
 from journal.errors import one_line
 from journal.journal import Journal
 from journal.subjects import turn_subject
-from projections.turns import TURNS, Turns
+from projections.turns import Turns, unanswered
 from soul.doors.peers import ACK_WAIT, Inbox
 
 log = logging.getLogger("soul.daemon")
@@ -135,16 +134,6 @@ def _state(text: str) -> dict[str, Any]:
 # -- the daemon ------------------------------------------------------------------------------
 
 
-def unanswered(soul: Any) -> list[str]:
-    """Conversations whose newest turn is a perception: turns a dead process never answered.
-    Originators named `source:*` hold bare perceptions (`soul perceive`), not conversations."""
-    soul.catch_up(Turns.name)
-    rows = soul.conn.execute(sql.SQL(
-        "SELECT DISTINCT ON (conversation) conversation, type FROM {} WHERE type = ANY(%s) ORDER BY conversation, seq DESC"
-    ).format(Turns.view(soul.app)), [list(TURNS)]).fetchall()
-    return [conversation for conversation, kind in rows if kind == "perception" and not conversation.startswith("source:")]
-
-
 class Daemon:
     """Serves the turns of soul `app` from `home` until SIGTERM or SIGINT."""
 
@@ -189,7 +178,8 @@ class Daemon:
         try:
             self.lock.write(pid=os.getpid(), app=self.app, subject=subject, model=soul.mind.model_id)
             on_ready(subject)
-            for conversation in unanswered(soul):
+            soul.catch_up(Turns.name)
+            for conversation, _ in unanswered(soul.conn, soul.app):
                 self._answer_pending(soul, conversation)
             while not self.stopping.is_set():
                 try:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from journal.embedded import soul_home
 from journal.errors import one_line
-from soul.agent.tools import Tool, ToolError, register
+from soul.agent.tools import Tool, ToolError, ToolHost, register
 
 CONFIG = "mcp.json"
 DEFAULT_TIMEOUT = 30.0
@@ -151,7 +151,7 @@ def list_tools(target: Server, home: Path | None = None) -> list[Any]:
     return session_call(target, work, home)
 
 
-def agent(soul: Any, arguments: dict[str, Any]) -> str:
+def agent(soul: ToolHost, arguments: dict[str, Any]) -> str:
     server_name, tool = arguments.get("server"), arguments.get("tool")
     if not (isinstance(server_name, str) and server_name and isinstance(tool, str) and tool):
         raise ToolError("give the MCP server and the tool to call: /agent SERVER TOOL {json arguments}")

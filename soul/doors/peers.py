@@ -1,4 +1,4 @@
-"""Souls talking to souls: bifocal packets over NATS (design §7, issue 4).
+"""Souls talking to souls: bifocal packets over NATS (design §7).
 
 A packet is the perception its receiver will journal, in the journal's own codec
 (journal/codec.py: an orjson header, then the vector as raw float32), so prose, vector and
@@ -34,7 +34,7 @@ from journal.event import NO_EMBEDDER, BifocalEvent
 from journal.journal import Journal
 from journal.subjects import inbox
 from journal.secrets import redact_secrets
-from soul.agent.tools import Tool, register, required
+from soul.agent.tools import Tool, ToolHost, register, required
 
 log = logging.getLogger("soul.peers")
 
@@ -193,7 +193,7 @@ def journal_once(journal: Journal, event: BifocalEvent) -> int | None:
     raise IntegrityError(f"could not journal packet {event.id}: conversation {origin} keeps changing")
 
 
-def message(soul: Any, arguments: dict[str, Any]) -> str:
+def message(soul: ToolHost, arguments: dict[str, Any]) -> str:
     """The `message` tool: send text to another soul, embedded by this one."""
     to, text = required(arguments, "to"), required(arguments, "text")
     prose, redacted = redact_secrets(text)  # what leaves the soul leaves without secrets

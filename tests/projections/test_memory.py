@@ -24,7 +24,7 @@ from projections.memory import Memory, corpus_key, unembedded
 from projections.postgres import connect
 from projections.runner import ProjectionRunner
 from projections.search import search
-from soul.cli.search import search as search_command
+from soul.cli.memory import search as search_command
 
 DIM = Memory.dim
 SYNTHETIC = Embedder("synthetic@1", DIM)

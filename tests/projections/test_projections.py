@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from tests.support import drop_schema, publish_raw, ROOT
+from tests.support import ROOT, drop_schema, publish_raw
 from journal.codec import encode
 from journal.event import BifocalEvent, Embedder
 from journal.journal import Entry, Journal

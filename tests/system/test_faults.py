@@ -32,11 +32,12 @@ from psycopg import sql
 from journal.embedded import EmbeddedNats
 from journal.event import BifocalEvent, Embedder
 from journal.journal import Journal
-from projections.base import Projection, schema_for
+from projections.base import schema_for
 from projections.postgres import EmbeddedPostgres, connect
 from projections.registry import PROJECTIONS
 from projections.runner import ProjectionRunner
-from tests.support import drop_schema, ROOT
+from tests.support import ROOT, drop_schema
+from tests.projections.contract import clean_rebuild, snapshot
 from tests.projections.test_projections import Ledger, append
 
 MINILM = Embedder("test-minilm@1", 384)
@@ -85,21 +86,6 @@ def soul_like(count: int, seed: int) -> list[BifocalEvent]:
 def journal_all(journal: Journal, events: list[BifocalEvent]) -> None:
     for k in range(0, len(events), 1000):
         journal.append(events[k : k + 1000])
-
-
-def snapshot(conn: psycopg.Connection[Any], app: str, projection: type[Projection]) -> tuple[list[str], list[tuple[int, str]]]:
-    """Every row of the projection's view as text, in a stable order, and its dead letters."""
-    rows = [r[0] for r in conn.execute(sql.SQL("SELECT v::text FROM {} v ORDER BY 1").format(projection.view(app)))]
-    letters = conn.execute(sql.SQL(
-        "SELECT d.seq, d.error FROM {schema}._dead_letters d JOIN {schema}._projections p ON d.table_name = p.active"
-        " WHERE p.name = %s ORDER BY d.seq").format(schema=sql.Identifier(schema_for(app))), [projection.name]).fetchall()
-    return rows, letters
-
-
-def clean_rebuild(journal: Journal, conn: psycopg.Connection[Any], pg_url: str, projection: type[Projection]) -> tuple[list[str], list[tuple[int, str]]]:
-    with ProjectionRunner(journal, projection(), pg_url) as runner:
-        runner.rebuild()
-    return snapshot(conn, journal.app, projection)
 
 
 @pytest.fixture

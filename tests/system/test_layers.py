@@ -95,3 +95,22 @@ def test_every_imported_project_name_exists(path: Path) -> None:
                 continue
             assert hasattr(loaded, name) or importlib.util.find_spec(f"{module}.{name}") is not None, (
                 f"{path.relative_to(ROOT)}:{line}: {module} has no {name}")
+
+
+def test_postgres_is_reached_only_through_projections() -> None:
+    found = []
+    for path in modules("journal", "evolution", "soul"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                      if n.split(".")[0] in ("psycopg", "pgvector")]
+    assert not found, "\n".join(found)
+
+
+def test_the_journal_is_reached_through_its_face() -> None:
+    # `Journal.factory` is eventsourcing's plumbing: the app name, the bus and the stream have
+    # their own properties on the Journal.
+    found = [f"{p.relative_to(ROOT)}:{n}" for p in modules(*PACKAGES[1:], "ops")
+             for n, line in enumerate(p.read_text().splitlines(), 1) if ".factory." in line]
+    assert not found, "\n".join(found)

@@ -21,6 +21,7 @@ from mlx_lm.generate import stream_generate
 
 from evolution.weights import blas, model
 from evolution.weights.model import ModelError
+from tests.support import ROOT
 from tests.tiny_model import build_tiny_model, write_tiny_gguf
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -275,7 +276,6 @@ REPORT = """
 import json, os, subprocess
 import mlx.core as mx, numpy as np
 from evolution.weights.blas import blas_in_use, reexec_with_optimized_blas
-from tests.support import ROOT
 reexec_with_optimized_blas()
 a = mx.random.normal((300, 200), key=mx.random.key(0)); b = mx.random.normal((200, 100), key=mx.random.key(1))
 error = float(np.abs(np.array(a @ b) - np.array(a) @ np.array(b)).max())

@@ -16,8 +16,8 @@ from projections.memory import Memory
 from projections.runner import ProjectionRunner
 from projections.search import search
 from soul.agent.corpus import CHUNK_CHARS, CHUNK_LINES, OVERLAP_LINES, chunk_text, list_files
-from soul.cli.corpus import corpus
-from soul.cli.search import search as search_command
+from soul.cli.memory import corpus
+from soul.cli.memory import search as search_command
 
 FILES = {
     "README.md": "Tidepool is a tiny library for measuring ocean tides and the moon's pull on harbours.\n",

@@ -16,7 +16,7 @@ import pytest
 
 from journal.journal import Journal
 from soul.doors.daemon import DaemonError, attach, running
-from tests.support import drop_schema, ROOT
+from tests.support import ROOT, drop_schema
 from tests.tiny_model import build_tiny_model
 
 SOUL = [sys.executable, "-m", "soul"]
