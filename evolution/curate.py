@@ -26,8 +26,8 @@ import numpy as np
 from evolution.config import EvolutionConfig
 from journal.event import BifocalEvent
 from journal.journal import Entry, Journal
-from projections.turns import TURNS
 from projections.resonance import combine
+from projections.turns import TURNS
 
 log = logging.getLogger("soul.evolution.curate")
 

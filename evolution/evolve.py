@@ -28,10 +28,10 @@ from evolution.curate import Curation, curate, redacted_ids, summary, training_r
 from evolution.lineage import Generation, chain, current_epoch, lineage, record
 from evolution.store import GenerationStore
 from evolution.ties import LoraAdapter, MergeSeal, merge_model
-from evolution.weights.files import model_hashes, root_hash
 from evolution.train import cache_key, environment, find_cached, train_adapter
-from journal.journal import Journal
+from evolution.weights.files import model_hashes, root_hash
 from evolution.weights.model import embedded_model_dir, load
+from journal.journal import Journal
 
 # (stage, done, total): stages are "training" and "merging"
 Progress = Callable[[str, int, int], None]

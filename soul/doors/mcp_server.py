@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from journal.errors import one_line
-from soul.doors.mcp_client import ConfigError, load_config
 from soul.agent.tools import ToolError
+from soul.doors.mcp_client import ConfigError, load_config
 
 TOOLS = ("ask", "recall", "mount", "perceive")
 DEFAULT_ALLOW = ("ask", "recall")

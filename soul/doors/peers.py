@@ -32,8 +32,8 @@ from journal.connection import JournalUnavailable
 from journal.errors import one_line
 from journal.event import NO_EMBEDDER, BifocalEvent
 from journal.journal import Journal
-from journal.subjects import inbox
 from journal.secrets import redact_secrets
+from journal.subjects import inbox
 from soul.agent.tools import Tool, ToolHost, register, required
 
 log = logging.getLogger("soul.peers")

@@ -18,8 +18,8 @@ from evolution.lineage import LineageError, active, chain, find, lineage, parse_
 from evolution.store import GenerationStore, StoreError
 from evolution.ties import MergeSeal
 from evolution.weights.files import model_hashes, root_hash
-from tests.evolution_support import CONFIG, journal_moments, tiny_base
 from journal.journal import Journal
+from tests.evolution_support import CONFIG, journal_moments, tiny_base
 from tests.tiny_model import build_tiny_model
 
 

@@ -20,9 +20,9 @@ from evolution.lineage import active, chain, events, lineage, runs
 from evolution.replay import replay
 from evolution.store import GenerationStore
 from evolution.weights.files import model_hashes, root_hash
-from tests.evolution_support import CONFIG, journal_moments, tiny_base
 from journal.event import NO_EMBEDDER, BifocalEvent
 from journal.journal import Journal
+from tests.evolution_support import CONFIG, journal_moments, tiny_base
 from tests.support import ROOT
 
 

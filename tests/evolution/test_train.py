@@ -14,9 +14,9 @@ from mlx_lm.tuner.datasets import ChatDataset
 from evolution.config import EvolutionConfig
 from evolution.evaluate import anchor_texts, loss, perplexity
 from evolution.ties import LoraAdapter, merge_model
-from evolution.weights.files import model_hashes, root_hash
 from evolution.train import (KEYS, MAX_EPOCHS, TRAINING_FILE, adapter_config, cache_key, environment, find_cached, fit_rows,
                              iterations, train_adapter)
+from evolution.weights.files import model_hashes, root_hash
 from tests.tiny_model import build_tiny_model
 
 CONFIG = EvolutionConfig(rank=4, iters=8, learning_rate=1e-3, batch_size=2, max_seq_length=128)

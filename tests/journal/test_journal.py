@@ -17,13 +17,13 @@ from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError, OperationalError
 
-from tests.support import publish_raw
 from journal.codec import encode
 from journal.connection import Connection, JournalUnavailable
 from journal.event import BifocalEvent, Embedder
 from journal.journal import Journal
 from journal.persistence import JetStreamStore, PayloadTooLarge
 from journal.subjects import journal_prefix
+from tests.support import publish_raw
 
 MINI = Embedder("test-embedder@1", 8)
 

@@ -16,7 +16,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from tests.support import drop_schema
 from journal.event import BifocalEvent, Embedder
 from journal.journal import Entry, Journal
 from projections.base import schema_for
@@ -25,6 +24,7 @@ from projections.postgres import connect
 from projections.runner import ProjectionRunner
 from projections.search import search
 from soul.cli.memory import search as search_command
+from tests.support import drop_schema
 
 DIM = Memory.dim
 SYNTHETIC = Embedder("synthetic@1", DIM)

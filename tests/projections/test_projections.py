@@ -25,7 +25,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from tests.support import ROOT, drop_schema, publish_raw
 from journal.codec import encode
 from journal.event import BifocalEvent, Embedder
 from journal.journal import Entry, Journal
@@ -36,6 +35,7 @@ from projections.postgres import EmbeddedPostgres, PostgresUnavailable, connect
 from projections.registry import PROJECTIONS
 from projections.runner import ProjectionRunner
 from soul.cli import main
+from tests.support import ROOT, drop_schema, publish_raw
 
 TINY = Embedder("test@1", 2)
 TYPES = ("perception", "thought", "tool_call")

@@ -17,7 +17,6 @@ import asyncio
 import multiprocessing
 import queue
 import time
-import uuid
 from collections import defaultdict
 from typing import Any
 

@@ -19,7 +19,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,9 @@ from projections.base import schema_for
 from projections.postgres import EmbeddedPostgres, connect
 from projections.registry import PROJECTIONS
 from projections.runner import ProjectionRunner
-from tests.support import ROOT, drop_schema
 from tests.projections.contract import clean_rebuild, snapshot
 from tests.projections.test_projections import Ledger, append
+from tests.support import ROOT, drop_schema
 
 MINILM = Embedder("test-minilm@1", 384)
 

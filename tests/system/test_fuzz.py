@@ -31,9 +31,9 @@ from projections.base import schema_for
 from projections.postgres import connect
 from projections.runner import ProjectionRunner
 from soul.cli import main
-from tests.support import drop_schema, publish_raw
 from tests.journal.test_codec import events, json_values
 from tests.projections.test_projections import Ledger
+from tests.support import drop_schema, publish_raw
 
 LONG_RUN = int(os.environ.get("SOUL_FUZZ_EXAMPLES", "0"))
 

@@ -16,12 +16,12 @@ import pytest
 from psycopg import sql
 from tokenizers import pre_tokenizers
 
+from evolution.weights.model import byte_level_bpe, write_config, write_tokenizer
 from projections.memory import Memory
-from soul.agent.loop import DEFAULT_SELF, Soul, SoulConfig, help_line
 from projections.resonance import combine
+from soul.agent.loop import DEFAULT_SELF, Soul, SoulConfig, help_line
 from soul.agent.tools import TOOLS, Tool, register, text_parameter
 from tests.support import drop_schema
-from evolution.weights.model import byte_level_bpe, write_config, write_tokenizer
 from tests.tiny_model import CHAT_TEMPLATE, SPECIAL, build_tiny_model, tiny_config, tiny_weights
 
 CONFIG = SoulConfig(max_tokens=12)

@@ -16,7 +16,7 @@ from mlx_lm.utils import load_tokenizer
 from psycopg import sql
 from tokenizers import pre_tokenizers
 
-from tests.support import drop_schema
+from evolution.weights.model import byte_level_bpe, embedded_model_dir
 from journal.event import BifocalEvent, Embedder
 from journal.journal import Journal
 from projections.memory import Memory
@@ -24,7 +24,7 @@ from projections.postgres import connect
 from projections.runner import ProjectionRunner
 from projections.turns import Turns
 from soul.agent.context import MAX_BUDGET, TRUNCATED, Context, assemble, count, summarise
-from evolution.weights.model import byte_level_bpe, embedded_model_dir
+from tests.support import drop_schema
 from tests.tiny_model import SPECIAL
 
 # The tiny model's tokenizer: one token per UTF-8 byte, so budgets are easy to reason about.

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from soul.agent.mind import Mind, common_prefix
 from evolution.weights.model import ModelError
+from soul.agent.mind import Mind, common_prefix
 from tests.tiny_model import CHAT_TEMPLATE, build_tiny_model
 
 FIRST = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say something about rivers."}]

@@ -17,13 +17,13 @@ import yaml
 from click.testing import CliRunner, Result
 
 from evolution.lineage import chain, lineage
-from tests.evolution_support import CONFIG as EVOLUTION
-from tests.evolution_support import journal_moments
+from evolution.weights.model import MODEL_ID
 from journal.event import NO_EMBEDDER, BifocalEvent
 from journal.journal import Journal
 from soul.agent.loop import Soul, help_line
 from soul.cli import main
-from evolution.weights.model import MODEL_ID
+from tests.evolution_support import CONFIG as EVOLUTION
+from tests.evolution_support import journal_moments
 from tests.support import drop_schema
 from tests.tiny_model import build_tiny_model
 

@@ -157,7 +157,7 @@ def test_commands_start_the_embedded_server_on_demand(tmp_path: Path) -> None:
 
 
 def test_run_shows_an_exchange_and_perceive_journals(tmp_path: Path, nats_url: str, pg_url: str, app_name: str) -> None:
-    # The tiny model keeps this fast; tests/test_chat_cli.py talks to the embedded SmolLM2.
+    # The tiny model keeps this fast; tests/soul/cli/test_chat_cli.py talks to the embedded SmolLM2.
     env = {"SOUL_HOME": str(tmp_path), "SOUL_MODEL": str(build_tiny_model(tmp_path / "tiny"))}
     try:
         result = soul("--app", app_name, "run", env=env, timeout=300)

@@ -19,11 +19,11 @@ from mlx.utils import tree_flatten
 from mlx_lm import load as mlx_lm_load
 
 from evolution.lineage import chain, lineage
-from evolution.weights.files import model_hashes, root_hash
-from tests.evolution_support import CONFIG, journal_moments
-from journal.journal import Journal
 from evolution.weights.blas import blas_in_use
+from evolution.weights.files import model_hashes, root_hash
+from journal.journal import Journal
 from soul.cli import main
+from tests.evolution_support import CONFIG, journal_moments
 from tests.tiny_model import build_tiny_model
 
 # The tests' fast config, written as a user would: mergekit's vocabulary under `parameters:`.

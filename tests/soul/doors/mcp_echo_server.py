@@ -1,4 +1,4 @@
-"""A real stdio MCP server for tests/test_mcp.py: one tool that answers, one that hangs, one that dies."""
+"""A real stdio MCP server for tests/soul/doors/test_mcp.py: one tool that answers, one that hangs, one that dies."""
 
 from __future__ import annotations
 

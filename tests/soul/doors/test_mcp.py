@@ -16,9 +16,9 @@ import anyio
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
-from soul.doors import mcp_client
 from soul.agent.loop import Soul, SoulConfig
 from soul.agent.tools import ToolError
+from soul.doors import mcp_client
 from tests.support import drop_schema
 from tests.tiny_model import build_tiny_model
 

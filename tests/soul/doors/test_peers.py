@@ -18,10 +18,10 @@ from journal import codec
 from journal.event import Embedder
 from journal.journal import Journal
 from journal.secrets import redact_secrets
-from soul.doors.peers import Inbox, PeerError, journal_once, packet, send, unpack
 from journal.subjects import inbox
-from tests.support import drop_schema, publish_raw
+from soul.doors.peers import Inbox, PeerError, journal_once, packet, send, unpack
 from tests.soul.doors.test_daemon import SOUL, Daemons, tiny  # noqa: F401  (tiny is a fixture)
+from tests.support import drop_schema, publish_raw
 
 EMBEDDER = Embedder("test@1", 8)
 

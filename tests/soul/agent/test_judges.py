@@ -1,48 +1,20 @@
+"""The judges (soul/agent/judges.py): similarity to the centroid of high-resonance memories, and
+ratings of events named by seq or id."""
+
 import uuid
 from typing import Any
 
 import numpy as np
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from psycopg import sql
 
 from journal.event import BifocalEvent, Embedder
-from journal.journal import Entry, Journal
+from journal.journal import Journal
 from projections.memory import Memory
 from projections.runner import ProjectionRunner
 from soul.agent.embedder import load_default_embedder
 from soul.agent.judges import RatingError, find_event, judgement, rate, similarity_judgement
-from projections.resonance import combine, JUDGES
 
-scores = st.floats(min_value=0.0, max_value=1.0)
-
-
-def test_no_judge_no_score() -> None:
-    assert combine({}) is None
-    assert combine({"oracle": 1.0}) is None
-
-
-def test_the_users_rating_decides_else_self_and_similarity_share() -> None:
-    assert combine({"user": 0.95, "self": 0.25, "similarity": 0.0}) == 0.95
-    assert combine({"self": 0.8, "similarity": 0.4}) == pytest.approx(0.6)
-    assert combine({"self": 0.3}) == pytest.approx(0.3)
-
-
-@given(st.dictionaries(st.sampled_from(JUDGES), scores, min_size=1))
-def test_combined_lies_between_the_judges(judged: dict[str, float]) -> None:
-    combined = combine(judged)
-    assert combined is not None
-    assert min(judged.values()) - 1e-12 <= combined <= max(judged.values()) + 1e-12
-
-
-def test_out_of_range_refused() -> None:
-    with pytest.raises(ValueError, match="between 0 and 1"):
-        combine({"user": 1.5})
-
-
-# -- judges in memory ------------------------------------------------------------------------
 
 def remembered(kind: str, prose: str, vector: np.ndarray) -> BifocalEvent:
     return BifocalEvent(kind, prose, vector, Embedder("synthetic@1", Memory.dim))
@@ -55,38 +27,6 @@ def verdict(target: BifocalEvent, judge: str | None, score: float) -> BifocalEve
 
 def unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype("<f4")
-
-
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # rolled back each time
-@given(st.lists(st.tuples(st.sampled_from(["user", "self", "similarity", None, "oracle"]), scores), min_size=1, max_size=8),
-       st.randoms(use_true_random=False))
-def test_memory_shows_the_combination_of_each_judges_latest_score(conn: psycopg.Connection[Any], judged: list[Any],
-                                                                   shuffle: Any) -> None:
-    thought = remembered("thought", "a thought", unit(np.ones(Memory.dim)))
-    entries = [Entry(1, "o", "thought", 0, thought)]
-    entries += [Entry(seq, "o", "resonance", 0, verdict(thought, judge, score)) for seq, (judge, score) in enumerate(judged, 2)]
-    latest: dict[str, float] = {}
-    for judge, score in judged:  # journal order: the last word of each judge counts
-        latest[judge or "user"] = score
-    memory = Memory()
-    with conn.transaction(force_rollback=True), conn.cursor() as cur:
-        in_order, shuffled = (sql.Identifier(f"memory_{uuid.uuid4().hex[:8]}") for _ in range(2))
-        for table in (in_order, shuffled):
-            memory.create(cur, table)
-        memory.apply(cur, in_order, entries)
-        memory.apply(cur, shuffled, entries[:1])
-        late = entries[1:]
-        shuffle.shuffle(late)
-        for entry in late:  # one page each, in any order, some twice: the same end state
-            memory.apply(cur, shuffled, [entry])
-        memory.apply(cur, shuffled, late[: len(late) // 2])
-        rows = [cur.execute(sql.SQL("SELECT resonance, judges, resonance_seq FROM {}").format(t)).fetchone()
-                for t in (in_order, shuffled)]
-    assert rows[0] == rows[1]
-    resonance, judges, newest = rows[0]
-    expected = combine(latest)
-    assert (resonance is None) if expected is None else resonance == pytest.approx(expected, abs=1e-6)
-    assert {judge: score for judge, (score, _) in judges.items()} == latest and newest == len(judged) + 1
 
 
 def test_similarity_is_the_cosine_to_the_centroid_of_high_resonance_memories(
