@@ -86,7 +86,8 @@ class Memory(Projection):
         # Rows are only ever added, in journal order, so the highest seq held marks what is applied
         # as well, where no runner keeps the table.
         held = cur.execute(sql.SQL("SELECT coalesce(max(seq), 0) FROM {}").format(table)).fetchone()[0]  # type: ignore[index]
-        entries = [e for e in entries if e.seq > applied_through(cur, table)]
+        applied = applied_through(cur, table)
+        entries = [e for e in entries if e.seq > applied]
         rows = [self._row(e) for e in entries if e.topic in REMEMBERED and e.seq > held]
         if rows:
             with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
