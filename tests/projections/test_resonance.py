@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from journal.event import BifocalEvent
 from journal.journal import Entry
 from projections.memory import Memory
 from projections.resonance import JUDGES, combine
