@@ -22,7 +22,7 @@ from journal.connection import Connection, JournalUnavailable
 from journal.event import BifocalEvent, Embedder
 from journal.journal import Journal
 from journal.persistence import JetStreamStore, PayloadTooLarge
-from journal.subjects import journal_prefix
+from journal.subjects import journal_prefix, subject_token
 from tests.support import publish_raw
 
 MINI = Embedder("test-embedder@1", 8)
@@ -46,6 +46,18 @@ def test_append_and_read_back_equal_events(journal: Journal) -> None:
     entries = list(journal.read())
     assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
     assert [e.event for e in entries] == events
+
+
+def test_the_journal_names_its_soul_stream_and_subjects(nats_url: str, app_name: str) -> None:
+    env = {"SOUL_NATS_URL": nats_url}
+    with Journal(app_name, env) as journal:
+        seq, event = journal.add(perception("kept", "conversation:a"))
+        assert (journal.app, journal.stream, journal.replicas) == (app_name, f"SOUL_{app_name}", 1)
+        assert journal.subject("conversation:a") == f"{journal_prefix(app_name)}.e.{subject_token('conversation:a')}"
+        assert journal.bus.nc.is_connected
+        journal.delete()  # the stream and everything in it
+    with Journal(app_name, env) as again:
+        assert again.last_seq() == 0 and list(again.read()) == []
 
 
 def test_add_assigns_the_next_version(journal: Journal, nats_url: str, app_name: str) -> None:

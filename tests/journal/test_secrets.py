@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from journal.journal import Journal
-from journal.secrets import redact_secrets
+from journal.secrets import redact_secrets, redact_url
 
 SECRETS = {
     "private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----",
@@ -49,6 +49,19 @@ def test_plain_prose_is_left_alone(text: str) -> None:
 def test_code_without_secrets_is_left_alone() -> None:
     code = "def check(password: str) -> bool:\n    return verify(password, stored_hash)\n"
     assert redact_secrets(code) == (code, [])
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("nats://alice:s3cret@127.0.0.1:4222", "nats://alice:***@127.0.0.1:4222"),
+    ("nats://tok3n@host:4222", "nats://***@host:4222"),
+    ("postgresql://soul:pw@db:5432/soul?sslmode=require", "postgresql://soul:***@db:5432/soul?sslmode=require"),
+    # a user without a password may be a token: hidden too
+    ("postgresql://soul@/soul?host=/tmp&password=pw&port=5432", "postgresql://***@/soul?host=/tmp&password=***&port=5432"),
+    ("host=db password=pw user=soul", "host=db password=*** user=soul"),
+    ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+])
+def test_urls_are_shown_without_their_password_or_token(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
 
 
 def test_perceive_journals_no_secret(nats_url: str, app_name: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
