@@ -29,26 +29,6 @@ def schema_for(app: str) -> str:
     return f"soul_{app_token(app)}"
 
 
-class Table(sql.Identifier):
-    """A table in a soul's schema: an identifier to format into SQL that also knows its schema
-    and name, so `applied_through` can find the position the runner keeps for it."""
-
-    def __init__(self, schema: str, name: str):
-        super().__init__(schema, name)
-        self.schema, self.name = schema, name
-
-
-def applied_through(cur: psycopg.Cursor[Any], table: sql.Identifier) -> int:
-    """The last journal seq `table` reflects: the position its runner stores in the same
-    transaction as its rows (0 for a table no runner keeps, such as a test's scratch table).
-    Rows alone cannot say it once a later event has deleted some of them."""
-    if not isinstance(table, Table):
-        return 0
-    row = cur.execute(sql.SQL("SELECT position FROM {} WHERE table_name = %s").format(
-        sql.Identifier(table.schema, "_tracking")), [table.name]).fetchone()
-    return int(row[0]) if row else 0
-
-
 class Projection(ABC):
     name: ClassVar[str]
     """The stable name readers use (a view in the app's schema); lower case, digits, `_`."""
@@ -76,10 +56,12 @@ class Projection(ABC):
     def apply(self, cur: psycopg.Cursor[Any], table: sql.Identifier, entries: Sequence[Entry]) -> None:
         """Apply `entries` (decoded, of the wanted types, in journal order) to `table`.
 
-        Runs inside the page's transaction, so a bulk `cur.copy(...)` is welcome. Must be
-        idempotent per journal seq: applying an entry whose seq the table already reflects
-        (`applied_through`) changes nothing. (The runner never re-applies an entry; this is the
-        second guard.)
+        Runs inside the page's transaction, so a bulk `cur.copy(...)` is welcome. The runner
+        applies each entry once: it hands over only entries past the table's position, read
+        under a row lock in this same transaction, which also stores the new position. So a
+        page delivered again (a second runner, a stale read) changes nothing. Apply itself
+        cannot always tell an entry it has seen from its rows alone: a row a later event
+        deleted leaves no trace.
         """
 
     def finish(self, cur: psycopg.Cursor[Any], table: sql.Identifier) -> None:

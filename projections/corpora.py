@@ -28,7 +28,7 @@ import psycopg
 from psycopg import sql
 
 from journal.journal import Entry
-from projections.base import Projection, applied_through
+from projections.base import Projection
 
 _CHUNK = """
 INSERT INTO {t} AS f VALUES (%(corpus)s, %(path)s, %(sha256)s, %(chunks)s, ARRAY[%(id)s::uuid], false, %(seq)s)
@@ -61,11 +61,10 @@ class Corpora(Projection):
                 cur.executemany(sql.SQL(_CORPUS).format(t=table), list({c["corpus"]: c for c in chunks}.values()))
                 chunks.clear()
 
-        applied = applied_through(cur, table)
         for e in entries:
             event = e.event
             assert event is not None  # the runner passes decoded entries only
-            if event.corpus is None or e.seq <= applied:
+            if event.corpus is None:
                 continue  # not about a corpus: nothing to keep
             corpus, data = event.corpus, event.data
             if e.topic == "chunk_ingested":

@@ -47,7 +47,7 @@ import psycopg
 from psycopg import sql
 
 from journal.journal import Entry
-from projections.base import Projection, applied_through
+from projections.base import Projection
 from projections.resonance import HIGH, combine
 
 log = logging.getLogger("soul.projections.memory")
@@ -83,12 +83,9 @@ class Memory(Projection):
         cur.execute(sql.SQL("CREATE INDEX ON {} (seq DESC) WHERE resonance >= {}").format(table, sql.Literal(HIGH)))
 
     def apply(self, cur: psycopg.Cursor[Any], table: sql.Identifier, entries: Sequence[Entry]) -> None:
-        # Rows are only ever added, in journal order, so the highest seq held marks what is applied
-        # as well, where no runner keeps the table.
-        held = cur.execute(sql.SQL("SELECT coalesce(max(seq), 0) FROM {}").format(table)).fetchone()[0]  # type: ignore[index]
-        applied = applied_through(cur, table)
-        entries = [e for e in entries if e.seq > applied]
-        rows = [self._row(e) for e in entries if e.topic in REMEMBERED and e.seq > held]
+        # Rows are only ever added, in journal order: the highest seq held marks what is applied.
+        applied = cur.execute(sql.SQL("SELECT coalesce(max(seq), 0) FROM {}").format(table)).fetchone()[0]  # type: ignore[index]
+        rows = [self._row(e) for e in entries if e.topic in REMEMBERED and e.seq > applied]
         if rows:
             with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
                     table, sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))) as copy:

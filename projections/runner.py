@@ -30,7 +30,7 @@ from psycopg import sql
 
 from journal.errors import one_line
 from journal.journal import Entry, Journal
-from projections.base import Projection, Table, schema_for
+from projections.base import Projection, schema_for
 from projections.postgres import PostgresUnavailable, connect, pg_url
 
 log = logging.getLogger("soul.projections")
@@ -95,8 +95,8 @@ class ProjectionRunner:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _id(self, name: str) -> Table:
-        return Table(self.schema, name)
+    def _id(self, name: str) -> sql.Identifier:
+        return sql.Identifier(self.schema, name)
 
     def _setup(self) -> None:
         """The schema, the bookkeeping tables, and this projection's first table and view."""

@@ -30,7 +30,7 @@ import psycopg
 from psycopg import sql
 
 from journal.journal import Entry
-from projections.base import Projection, applied_through
+from projections.base import Projection
 
 log = logging.getLogger("soul.projections.turns")
 
@@ -57,12 +57,9 @@ class Turns(Projection):
             table, sql.SQL(", ").join(map(sql.Literal, PINNED))))
 
     def apply(self, cur: psycopg.Cursor[Any], table: sql.Identifier, entries: Sequence[Entry]) -> None:
-        # Rows are only ever added, in journal order, so the highest seq held marks what is applied
-        # as well, where no runner keeps the table.
-        held = cur.execute(sql.SQL("SELECT coalesce(max(seq), 0) FROM {}").format(table)).fetchone()[0]  # type: ignore[index]
-        applied = max(held, applied_through(cur, table))
-        entries = [e for e in entries if e.seq > applied]
-        rows = [row for e in entries if e.topic != "redaction" and (row := self._row(e)) is not None]
+        # Rows are only ever added, in journal order: the highest seq held marks what is applied.
+        applied = cur.execute(sql.SQL("SELECT coalesce(max(seq), 0) FROM {}").format(table)).fetchone()[0]  # type: ignore[index]
+        rows = [row for e in entries if e.seq > applied and e.topic != "redaction" and (row := self._row(e)) is not None]
         if rows:
             with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
                     table, sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))) as copy:
