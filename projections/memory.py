@@ -27,7 +27,7 @@ index over `words`. Once a table is finished, `apply` adds the partial index of 
 for the first time.
 
 `words` is the prose under the 'simple' configuration (no stemming, no stop words, so
-identifiers stay as written): as Postgres parses it, where `soul/cli/__init__.py` and `runner.catch_up`
+identifiers stay as written): as Postgres parses it, where `soul/cli.py` and `runner.catch_up`
 are single tokens and `parse_config_v2` is a phrase of three, and, if a token holds `.`, `/` or
 `:`, once more with those read as spaces, so that `cli.py` or `catch_up` alone find them too
 (search.py queries both ways).

@@ -200,7 +200,7 @@ def test_keyword_search_finds_identifiers_whole_and_by_their_parts(
         journal: Journal, conn: psycopg.Connection[Any], pg_url: str) -> None:
     app = journal.app
     prose = ["the timeout comes from parse_config_v2 now", "parse_config_v3 replaced the old loader",
-             "see soul/cli/__init__.py for the click group", "runner.catch_up() applies each page",
+             "see soul/cli.py for the click group", "runner.catch_up() applies each page",
              "projections.runner.ProjectionRunner keeps one projection current", "parse config v2 by hand"]
     journal_all(journal, [event("thought", p) for p in prose])
     catch_up(journal, pg_url)
@@ -210,7 +210,7 @@ def test_keyword_search_finds_identifiers_whole_and_by_their_parts(
 
     assert found("parse_config_v2") == [1, 6]  # the identifier's words in its order: never v3
     assert found('"parse_config_v3"') == [2]
-    assert found("soul/cli/__init__.py") == found("cli.py") == found("cli") == [3]
+    assert found("soul/cli.py") == found("cli.py") == found("cli") == [3]
     assert found("catch_up") == found("runner.catch_up") == [4]
     assert found("ProjectionRunner") == found("projections.runner") == [5]
     assert found("parse_config_v2 -hand") == [1]  # web-search syntax
