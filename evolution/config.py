@@ -6,11 +6,12 @@
     clusters: 4             # optional: seeded k-means of the curated vectors ...
     cluster: 2              # ... and the one cluster to keep
     seed: 0                 # LoRA init and batch order
-    rank: 32
-    keys: [self_attn.q_proj, self_attn.k_proj, self_attn.v_proj]
+    rank: 16
+    keys: [self_attn.q_proj, self_attn.k_proj, self_attn.v_proj, self_attn.o_proj,
+           mlp.gate_proj, mlp.up_proj, mlp.down_proj]
     num_layers: -1          # the last N layers get LoRA; -1 = all
     iters: 30
-    learning_rate: 1.0e-5
+    learning_rate: 2.0e-4
     batch_size: 4
     max_seq_length: 1024
     scale: 20.0             # mlx-lm's LoRA scale: ΔW = scale · Bᵀ Aᵀ
@@ -19,16 +20,17 @@
     weight: 0.5
     normalize: true
     int8_mask: false
-    lambda: 0.5
-    max_drift: 0.05         # guard: largest per-tensor ||W_N - W0|| / ||W0||
-    max_perplexity_ratio: 1.1  # guard: anchor-set perplexity after / before
+    lambda: 0.6
+    max_drift: 0.3          # guard: largest per-tensor ||W_N - W0|| / ||W0||
+    max_perplexity_ratio: 2.0  # guard: anchor-set perplexity after / before
     anchor: anchor-v1       # the fixed anchor text set (evolution/anchor-v1.txt)
 
-Absent keys take the defaults below. The learning rate, iterations and λ were chosen by
-measurement on the embedded SmolLM2 (docs/evolution.md, `ops/bench/evolution_evidence.py`):
-a generation halves the loss on its curated set while anchor-set perplexity rises 0-4 %,
-inside the guard's 10 %; λ 1 (the design's seed) cost 16-19 %, and a learning rate of 2e-5
-overshot the guard on a small curated set. Unknown keys are refused, so a config never means
+Absent keys take the defaults below, chosen by what a generation answers with no memory on the
+embedded SmolLM2 (docs/evolution.md, `ops/bench/learning_bench.py`): the earlier defaults
+(1e-5, q/k/v, λ 0.5, guard 1.1) kept anchor perplexity flat by teaching nothing a user could
+see; these make the taught facts come out while general questions are answered as well as by
+W0, at an anchor-perplexity cost the guard now bounds at 2 (the collapse it must refuse sits
+at × 4 and beyond). Unknown keys are refused, so a config never means
 more than what runs. Numbers written `1e-4` are read as numbers (YAML 1.1 would read a string).
 """
 
@@ -56,7 +58,8 @@ from evolution.merge_config import (
     check_number,
 )
 
-LORA_KEYS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+LORA_KEYS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+             "mlp.up_proj", "mlp.down_proj")
 # The fields a trained adapter depends on: two configs equal in these share their adapters.
 TRAINING_FIELDS = ("seed", "rank", "keys", "num_layers", "iters", "learning_rate", "batch_size",
                    "max_seq_length", "scale")
@@ -74,11 +77,11 @@ class EvolutionConfig:
     cluster: int | None = None
     # training (mlx-lm's LoRA)
     seed: int = 0
-    rank: int = 32
+    rank: int = 16
     keys: tuple[str, ...] = LORA_KEYS
     num_layers: int = -1
     iters: int = 30
-    learning_rate: float = 1e-5
+    learning_rate: float = 2e-4
     batch_size: int = 4
     max_seq_length: int = 1024
     scale: float = 20.0
@@ -87,10 +90,10 @@ class EvolutionConfig:
     weight: float = DEFAULT_WEIGHT
     normalize: bool = DEFAULT_NORMALIZE
     int8_mask: bool = DEFAULT_INT8_MASK
-    lam: float = 0.5  # measured (docs/evolution.md); merge_config keeps the design's seed 1.0
+    lam: float = 0.6  # measured (docs/evolution.md); merge_config keeps the design's seed 1.0
     # the guard a generation must pass to be promoted
-    max_drift: float = 0.05
-    max_perplexity_ratio: float = 1.1
+    max_drift: float = 0.3
+    max_perplexity_ratio: float = 2.0
     anchor: str = "anchor-v1"
 
     def __post_init__(self) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from evolution.config import EvolutionConfig
+from evolution.lessons import lessons as journaled_lessons
 from journal.event import BifocalEvent
 from journal.journal import Entry, Journal
 from projections.resonance import combine
@@ -47,14 +48,18 @@ class Curation:
     cluster: int | None = None
     types: tuple[str, ...] = ()  # each moment's event type
     redacted: tuple[str, ...] = ()  # the redactions honoured, sorted: rows skip them too
+    lessons: tuple[str, ...] = ()  # ids of the `lesson` events its thoughts teach (evolution/lessons.py)
 
     def as_data(self) -> dict[str, Any]:
         """JSON for the `curation_sealed` event; `Curation.from_data` reads it back."""
-        return {**asdict(self), **{k: list(getattr(self, k)) for k in ("event_ids", "scores", "types", "redacted")}}
+        return {**asdict(self), **{k: list(getattr(self, k)) for k in _LISTS}}
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Curation:
-        return cls(**{**data, **{k: tuple(data[k]) for k in ("event_ids", "scores", "types", "redacted")}})
+        return cls(**{**data, **{k: tuple(data.get(k, ())) for k in _LISTS}})
+
+
+_LISTS = ("event_ids", "scores", "types", "redacted", "lessons")
 
 
 def redacted_ids(journal: Journal) -> set[str]:
@@ -128,7 +133,8 @@ def training_rows(journal: Journal, curation: Curation) -> list[dict[str, Any]]:
 
     A thought's row: the self-definition as of then (system), the up to CONTEXT_TURNS turns of
     its conversation before it and the perception that caused it (user for perceptions and tool
-    results, assistant for earlier thoughts), then the thought (assistant). A corpus chunk's
+    results, assistant for earlier thoughts), then the thought (assistant); then a row per
+    (cue, answer) of its lesson, if `curation.lessons` names one (evolution/lessons.py). A corpus chunk's
     row: the self-definition, a user line naming the corpus, file and lines, and the chunk
     (assistant). Redacted events never appear, as moments or as context.
     """
@@ -160,12 +166,18 @@ def training_rows(journal: Journal, curation: Curation) -> list[dict[str, Any]]:
         if event_id in wanted and event.type == "thought":
             context.setdefault(event_id, list(turns))
         turns.append((entry.seq, event))
+    named = set(curation.lessons) - redacted
+    found = journaled_lessons(journal, named) if named else {}
+    if len(found) != len(named):
+        raise ValueError(f"generation {curation.generation}: lessons it names are missing from the journal")
+    taught = {moment: lesson for moment, lesson in found.items() if not set(lesson.sources) & redacted}
     rows = []
     for seq, event in targets:
         messages = []
         at = bisect.bisect_left(definitions, (seq, ""))  # self-definitions before the moment
         if at:
             messages.append({"role": "system", "content": definitions[at - 1][1]})
+        system = list(messages)
         if event.type == "thought":
             before = dict(context.get(str(event.id), []))
             cause = found_causes.get(str(event.causation_id))
@@ -176,6 +188,9 @@ def training_rows(journal: Journal, curation: Curation) -> list[dict[str, Any]]:
             messages.append({"role": "user", "content": _chunk_cue(event)})
         messages.append({"role": "assistant", "content": event.prose})
         rows.append({"messages": messages})
+        if (lesson := taught.get(str(event.id))) is not None:
+            rows += [{"messages": [*system, {"role": "user", "content": cue}, {"role": "assistant", "content": answer}]}
+                     for cue, answer in lesson.pairs]
     return rows
 
 

@@ -1,6 +1,7 @@
 """One generation end to end (design §6): curate → train → anchored TIES → seal → guard → promote.
 
-Generation N learns the moments between generation N-1's cut and the journal's end: a LoRA
+Generation N learns the moments between generation N-1's cut and the journal's end, and the
+lessons they teach (evolution/lessons.py, journaled before the curation is sealed): a LoRA
 adapter trained on generation N-1 (or found in the adapter cache under the same key), then
 `W_N = W0 + λ · TIES(Δ_1, …, Δ_N)` with the adapters of every generation 1..N, always from the
 base W0, never a merge of a merge. Each step is journaled on the lineage (evolution/lineage.py)
@@ -18,17 +19,18 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from evolution import evaluate
 from evolution.config import EvolutionConfig
+from evolution.lessons import teach
 from evolution.curate import Curation, curate, redacted_ids, summary, training_rows
 from evolution.lineage import Generation, chain, current_epoch, lineage, record
 from evolution.store import GenerationStore
 from evolution.ties import LoraAdapter, MergeSeal, merge_model
-from evolution.train import cache_key, environment, find_cached, train_adapter
+from evolution.train import cache_key, environment, find_cached, rows_digest, train_adapter
 from evolution.weights.files import model_hashes, root_hash
 from evolution.weights.model import embedded_model_dir, load
 from journal.journal import Journal
@@ -110,6 +112,8 @@ def make_generation(journal: Journal, store: GenerationStore, base: Base, config
     and promote it (every step journaled with one run id)."""
     run, number = str(uuid.uuid4()), curation.generation
     short = shortfall(curation, config)
+    if not short:
+        curation = replace(curation, lessons=teach(journal, curation, run))
     window = f"{curation.after_seq + 1}..{curation.cut}"
     record(journal, "curation_sealed",
            f"gen-{number}: {len(curation.event_ids)} moments curated from {window}"
@@ -129,7 +133,8 @@ def make_generation(journal: Journal, store: GenerationStore, base: Base, config
            f"gen-{number}: LoRA adapter {adapter.sha256[:12]} " + ("from the cache" if cached else "trained")
            + f" on {parent.name if parent else 'W0'} with {len(rows)} rows",
            run, {"generation": number, "epoch": epoch, "sha256": adapter.sha256, "cache_key": adapter.key,
-                 "cached": cached, "parent_root": parent_root, "rows": len(rows), "config": config.training(),
+                 "cached": cached, "parent_root": parent_root, "rows": len(rows), "rows_sha256": rows_digest(rows),
+                 "config": config.training(),
                  "seed": config.seed, "environment": adapter.environment})
 
     entries = [*(adapter_entry(store, g) for g in promoted), (adapter.path, config.weight, config.density)]
@@ -345,7 +350,7 @@ def rebuild(journal: Journal, home: Path, base: Base, config: EvolutionConfig | 
             raise EvolveError("there is no generation to rebuild yet; `soul evolve` makes gen-1")
         same_base(base, old)
         redacted = redacted_ids(journal)
-        if config is None and all(_unchanged(journal, was, redacted) for was in old):
+        if config is None and all(_difference(journal, was, redacted, None) is None for was in old):
             return [Change(was.name, was.name, False, "unchanged") for was in old]  # no new epoch needed
         epoch = current_epoch(journal) + 1
         changes: list[Change] = []
@@ -353,17 +358,16 @@ def rebuild(journal: Journal, home: Path, base: Base, config: EvolutionConfig | 
         unchanged = True
         for was in old:
             own = config or EvolutionConfig(**was.curation["config"])
+            difference = _difference(journal, was, redacted, own, len(promoted) + 1)
             curation = curate(journal, generation=len(promoted) + 1, after_seq=was.after_seq, cut=was.cut,
                               config=own, redacted=redacted)
-            left_out = len(set(was.event_ids) - set(curation.event_ids))
-            unchanged = unchanged and list(curation.event_ids) == was.event_ids \
-                and own.digest() == was.curation["config_digest"]
+            unchanged = unchanged and difference is None
             if unchanged:
                 carry_over(journal, was, epoch)
                 changes.append(Change(was.name, was.name, False, "unchanged"))
             else:
                 outcome = make_generation(journal, store, base, own, epoch, curation, promoted, progress)
-                why = (f"{left_out} moments left out" if left_out else "its parent or config changed") \
+                why = (difference or "its parent changed") \
                     + ("" if outcome.status == "promoted" else f"; {outcome.why or outcome.status}")
                 now = f"gen-{outcome.generation}" if outcome.status == "promoted" else None
                 changes.append(Change(was.name, now, True, why))
@@ -376,10 +380,27 @@ def rebuild(journal: Journal, home: Path, base: Base, config: EvolutionConfig | 
         return changes
 
 
-def _unchanged(journal: Journal, was: Generation, redacted: set[str]) -> bool:
-    again = curate(journal, generation=was.number, after_seq=was.after_seq, cut=was.cut,
-                   config=EvolutionConfig(**was.curation["config"]), redacted=redacted)
-    return list(again.event_ids) == was.event_ids
+def _difference(journal: Journal, was: Generation, redacted: set[str], config: EvolutionConfig | None,
+                number: int | None = None) -> str | None:
+    """What a generation's curation would change if derived again now (moments or lessons left
+    out, other rows, another config), or None when it would teach exactly the rows it was
+    trained on."""
+    own = config or EvolutionConfig(**was.curation["config"])
+    again = curate(journal, generation=number or was.number, after_seq=was.after_seq, cut=was.cut, config=own,
+                   redacted=redacted)
+    again = replace(again, lessons=teach(journal, again, None))
+    if left_out := len(set(was.event_ids) - set(again.event_ids)):
+        return f"{left_out} moments left out"
+    if left_out := len(set(was.curation.get("lessons", [])) - set(again.lessons)):
+        return f"{left_out} lessons left out"
+    if own.digest() != was.curation["config_digest"]:
+        return "its config changed"
+    if list(again.event_ids) != was.event_ids or list(again.lessons) != was.curation.get("lessons", []):
+        return "its moments changed"
+    sealed = was.adapter.get("rows_sha256")  # absent from generations sealed before it was journaled
+    if sealed is not None and rows_digest(training_rows(journal, again)) != sealed:
+        return "the context of its moments changed"
+    return None
 
 
 def carry_over(journal: Journal, was: Generation, epoch: int) -> None:

@@ -3,10 +3,11 @@
 Every evolve run journals its steps on one aggregate, `LINEAGE`, with the run's id as their
 correlation id, so the lineage is read from that aggregate alone:
 
+    lesson               moment, sources, rule, pairs: rows a moment teaches (evolution/lessons.py)
     curation_sealed      generation, epoch, after_seq, cut, event_ids, scores, corpus, cluster,
-                         config, config_digest; no event ids is the outcome "nothing to curate"
-    adapter_trained      generation, epoch, sha256, cache_key, cached, parent_root, rows, config,
-                         seed, environment
+                         lessons, config, config_digest; no event ids is "nothing to curate"
+    adapter_trained      generation, epoch, sha256, cache_key, cached, parent_root, rows,
+                         rows_sha256, config, seed, environment
     generation_sealed    generation, epoch, root_sha256, tensor_sha256, base_root, adapters,
                          drift, perplexity {base, before, after}, loss {before, after}, environment
     generation_rejected  generation, epoch, why

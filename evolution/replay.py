@@ -13,12 +13,13 @@ replay is promised only on the same mlx version, device class and BLAS (mlx issu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from evolution.config import EvolutionConfig
 from evolution.curate import curate, redacted_ids, training_rows
+from evolution.lessons import teach
 from evolution.evolve import Base, Progress, adapter_for, adapters_root, merge
 from evolution.lineage import Generation, chain, find, lineage
 from evolution.store import GenerationStore
@@ -69,6 +70,12 @@ def replay(journal: Journal, home: Path, to: str, base: Base, *, from_scratch: b
             config = EvolutionConfig(**generation.curation["config"])
             curation = curate(journal, generation=generation.number, after_seq=generation.after_seq,
                               cut=generation.cut, config=config, redacted=redacted)
+            sealed_lessons = tuple(generation.curation.get("lessons", ()))
+            if gone_lessons := set(sealed_lessons) - set(teach(journal, curation, None)):
+                faithful = False
+                report.curations.append(f"{generation.name}: {len(gone_lessons)} of its lessons were redacted since "
+                                        "it was sealed")
+            curation = replace(curation, lessons=sealed_lessons)  # read from the journal, not derived again
             if list(curation.event_ids) != generation.event_ids:
                 faithful = False
                 gone = set(generation.event_ids) - set(curation.event_ids)

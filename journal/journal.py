@@ -4,6 +4,9 @@ Each bifocal event is one eventsourcing StoredEvent: its originator (the aggrega
 to: a conversation, a corpus, the self, the lineage) and version, topic = event type, state =
 the codec's bytes. Reading never stops at a bad message: an entry either holds the event or
 says why it could not be decoded.
+
+The journal is append-only but for one door, `Journal.erase` (`soul forget --erase`): an erased
+event leaves a gap in the sequence numbers, which reading, following and catching up step over.
 """
 
 from __future__ import annotations
@@ -147,6 +150,16 @@ class Journal:
             except IntegrityError:  # another writer took that version: look again
                 self._next_version.pop(event.originator_id, None)
         raise IntegrityError(f"could not append to {event.originator_id}: it keeps changing under us")
+
+    def erase(self, seqs: Iterable[int]) -> list[int]:
+        """Delete the events at `seqs` for good: the one exception to an immutable journal (`soul
+        forget --erase`). Each message is deleted with JetStream's erase, which overwrites its
+        bytes in the store with random data on every replica; its sequence stays a gap that every
+        reader skips. The caller journals why (a `redaction`) and names everything that goes with
+        an event (what was derived from it) in `seqs`. Returns the sequences erased now; one that
+        held no event any more is left out."""
+        store = self.factory.store
+        return [seq for seq in sorted(set(seqs)) if store.call(store.erase(seq, self.recorder.subject_filter))]
 
     def next_version(self, originator_id: uuid.UUID | str) -> int:
         if originator_id not in self._next_version:

@@ -62,6 +62,8 @@ FOREIGN_TOPIC = "soul:foreign"  # topic given to a message on our subjects that 
 H_TOPIC, H_VERSION, H_TRACKING = "Es-Topic", "Es-Version", "Es-Tracking"
 MAX_BATCH = 1000  # the server's limit on one atomic batch
 WRONG_LAST_SEQUENCE = {10071, 10164}
+DUPLICATE_IN_PROCESS = 10158  # "duplicate message id is in process": the same Nats-Msg-Id not yet stored
+SEQUENCE_NOT_FOUND = 10043  # a message delete of a sequence the stream no longer holds
 # How long writes and reads keep retrying a server that does not answer: long enough for a
 # cluster to elect a new stream leader (seconds), short enough to report a dead server.
 _PATIENCE = 6  # times the connection's timeout
@@ -77,7 +79,7 @@ def _retries(timeout: float) -> Iterator[int]:
 
 
 def _backoff(attempt: int) -> float:
-    return min(0.05 * 2**attempt, 1.0)
+    return min(0.05 * 2 ** min(attempt, 5), 1.0)
 _CACHE_SIZE = 100_000
 
 
@@ -256,15 +258,16 @@ class JetStreamStore:
             try:
                 end = await self._publish(messages, expected)
             except _WrongLastSequence:
-                await self.refresh(list(first_of))
+                await self._look_again(list(first_of))
+                if all(self.last.get(s) == known[s] for s in first_of):
+                    # The server refuses what it says is the last: a leader cut off from its quorum that
+                    # still holds our earlier attempt. Not another writer: wait rather than spin.
+                    await asyncio.sleep(_backoff(attempt))
                 continue
             except (nats.errors.TimeoutError, asyncio.TimeoutError, _Retry, nats.errors.NoRespondersError):
                 # No answer (it may still have been stored), or no leader yet (election, restart).
                 await asyncio.sleep(_backoff(attempt))
-                try:
-                    await self.refresh(list(first_of))
-                except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.errors.NoRespondersError):
-                    pass
+                await self._look_again(list(first_of))
                 continue
             sequences = list(range(end - len(messages) + 1, end + 1))
             for seq, m in zip(sequences, messages):
@@ -315,9 +318,58 @@ class JetStreamStore:
             return ack
         if error.get("err_code") in WRONG_LAST_SEQUENCE:
             raise _WrongLastSequence()
-        if error.get("code") in (500, 503):
+        # No leader (500, 503), or our own earlier attempt still being proposed (a leader cut
+        # off from its quorum holds it until it steps down): either way, look again shortly.
+        if error.get("code") in (500, 503) or error.get("err_code") == DUPLICATE_IN_PROCESS:
             raise _Retry()
         raise DatabaseError(f"JetStream refused the write: {error.get('description')} ({error.get('err_code')})")
+
+    async def erase(self, seq: int, subject_filter: str) -> bool:
+        """Delete the message at `seq` (on `subject_filter`) and overwrite its bytes with random
+        data, on every replica: JetStream's message delete with erase, proposed through the
+        stream's raft group so each replica's store erases it too. False if no such message is
+        stored there (an erase already done); ProgrammingError if `seq` is not on the filter."""
+        js = self.connection.nc.jetstream(timeout=self.connection.timeout)
+        try:  # from the stream's leader (not DIRECT.GET, which a lagging replica may answer)
+            found = await self._patiently(lambda: js.get_msg(self.stream, seq))
+        except nats.js.errors.NotFoundError:
+            return False
+        prefix = subject_filter.removesuffix(">")
+        if not found.subject.startswith(prefix):
+            raise ProgrammingError(f"seq {seq} is on {found.subject}, not on {subject_filter}: not ours to erase")
+        # Explicitly no_erase false, whatever a client library's default is.
+        request = orjson.dumps({"seq": seq, "no_erase": False})
+        timeout = self.connection.timeout
+        for attempt in _retries(timeout):
+            try:
+                reply = await self.connection.nc.request(f"$JS.API.STREAM.MSG.DELETE.{self.stream}", request,
+                                                         timeout=timeout)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.errors.NoRespondersError):
+                await asyncio.sleep(_backoff(attempt))  # it may have been erased: the next attempt finds out
+                continue
+            answer = orjson.loads(reply.data)
+            error = answer.get("error")
+            if error is None and answer.get("success"):
+                break
+            if error is not None and error.get("code") == 503:  # no leader right now
+                await asyncio.sleep(_backoff(attempt))
+                continue
+            if error is not None and error.get("err_code") == SEQUENCE_NOT_FOUND:
+                break  # an earlier attempt (whose answer was lost) or another process erased it meanwhile
+            raise DatabaseError(f"JetStream did not erase seq {seq}: {answer}")
+        else:
+            raise OperationalError(f"NATS at {self.connection.where} did not confirm erasing seq {seq}")
+        with self._last_lock:  # a later write would expect the erased message to be its subject's last
+            self.last.pop(found.subject, None)
+        return True
+
+    async def _look_again(self, subjects: list[str]) -> None:
+        """`refresh`, but a server still without a leader is left to the write's next attempt (the
+        error at the end of its budget says it may have been stored)."""
+        try:
+            await self.refresh(subjects)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.errors.NoRespondersError, JournalUnavailable):
+            pass
 
     async def refresh(self, subjects: list[str]) -> None:
         """Ask the server what each subject's last message is now."""

@@ -8,6 +8,7 @@ Each node gets a config in DIR (client port, cluster port, JetStream store), bin
 only, and routes to the other two. With `SOUL_NATS_REPLICAS=3` a new journal stream is
 replicated to all three, so it survives the loss of any one node. The same configs, with real
 host names instead of 127.0.0.1, are a starting point for a cluster across machines.
+`cluster.json` keeps each node's pid and start time: `stop` signals only a pid that is still its node.
 """
 
 from __future__ import annotations
@@ -18,20 +19,24 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable from a checkout without an editable install
     sys.path.insert(0, str(ROOT))
 
-from journal.embedded import free_port, port_open, nats_server_binary, process_alive, stop_process  # noqa: E402
+from journal.embedded import free_port, port_open, nats_server_binary, same_process, started_at, stop_process  # noqa: E402
 
 NODES = ("n1", "n2", "n3")
+RouteVia = Callable[[str, str, int], int]  # (node, other, other's route port) -> the port node dials
 
 
-def config(folder: Path, name: str, ports: dict[str, tuple[int, int]]) -> str:
+def config(folder: Path, name: str, ports: dict[str, tuple[int, int]], via: RouteVia | None = None) -> str:
     client, route = ports[name]
-    routes = ", ".join(f"nats-route://127.0.0.1:{ports[other][1]}" for other in NODES if other != name)
+    dial = via or (lambda _node, _other, port: port)
+    routes = ", ".join(f"nats-route://127.0.0.1:{dial(name, other, ports[other][1])}"
+                       for other in NODES if other != name)
     return (
         f"server_name: {name}\n"
         f"listen: 127.0.0.1:{client}\n"
@@ -40,7 +45,9 @@ def config(folder: Path, name: str, ports: dict[str, tuple[int, int]]) -> str:
     )
 
 
-def start(folder: Path, timeout: float = 30.0) -> str:
+def start(folder: Path, timeout: float = 30.0, via: RouteVia | None = None) -> str:
+    """The cluster's URL, starting it first if needed. `via` sends each route through another port
+    (tests/system/test_cluster.py puts a proxy there that it can cut: a partition between live nodes)."""
     folder.mkdir(parents=True, exist_ok=True)
     state_file = folder / "cluster.json"
     if state_file.exists() and all(n["running"] for n in status(folder)):
@@ -49,13 +56,13 @@ def start(folder: Path, timeout: float = 30.0) -> str:
     nodes = {}
     for name in NODES:
         conf = folder / f"{name}.conf"
-        conf.write_text(config(folder, name, ports))
+        conf.write_text(config(folder, name, ports, via))
         process = subprocess.Popen(
             [str(nats_server_binary()), "-c", str(conf), "-l", str(folder / f"{name}.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        nodes[name] = {"pid": process.pid, "port": ports[name][0]}
+        nodes[name] = {"pid": process.pid, "started": started_at(process.pid), "port": ports[name][0]}
     state_file.write_text(json.dumps(nodes))
     deadline = time.monotonic() + timeout
     while not all(port_open(n["port"]) for n in nodes.values()):
@@ -65,26 +72,32 @@ def start(folder: Path, timeout: float = 30.0) -> str:
     return url(nodes)
 
 
-def url(nodes: dict[str, dict[str, int]]) -> str:
+def url(nodes: dict[str, dict[str, float]]) -> str:
     return ",".join(f"nats://127.0.0.1:{n['port']}" for n in nodes.values())
 
 
-def status(folder: Path) -> list[dict[str, object]]:
+def started_nodes(folder: Path) -> dict[str, dict[str, float]]:
+    """What `start` wrote of each node: pid, start time, client port."""
     try:
-        nodes = json.loads((folder / "cluster.json").read_text())
+        return json.loads((folder / "cluster.json").read_text())
     except FileNotFoundError:
-        return []
+        return {}
+
+
+def status(folder: Path) -> list[dict[str, object]]:
+    nodes = started_nodes(folder)
     return [
         {"node": name, "pid": n["pid"], "port": n["port"],
-         "running": process_alive(n["pid"]) and port_open(n["port"])}
+         "running": same_process(int(n["pid"]), n.get("started"), named=str(folder / f"{name}.conf"))
+         and port_open(n["port"])}
         for name, n in nodes.items()
     ]
 
 
 def stop(folder: Path) -> None:
-    for node in status(folder):
-        if node["running"]:
-            stop_process(int(node["pid"]), signal.SIGTERM, signal.SIGKILL, 15.0)  # type: ignore[arg-type]
+    for name, n in started_nodes(folder).items():  # a pid another process has taken since is left alone
+        stop_process(int(n["pid"]), n.get("started"), signal.SIGTERM, signal.SIGKILL, 15.0,
+                     named=str(folder / f"{name}.conf"))
 
 
 def main() -> None:

@@ -2,9 +2,11 @@
 
 Remembered are what the soul perceived, thought, got back from tools, summarised, and the chunks
 of ingested corpora, each with its prose and the vector it was journaled with (nothing is
-re-embedded). Corpus chunks are forgotten again when their file is (`document_removed`, naming
-the chunk event ids) or their corpus is (`corpus_removed`), and any event when a `redaction`
-names it (`soul forget`; data: {"event": id}).
+re-embedded). Not the results of `recall`: they are copies of memories, and remembered they
+would be recalled again, each recall's result nesting the last one's (they stay in the journal
+and in their conversation's turns). Corpus chunks are forgotten again when their file is
+(`document_removed`, naming the chunk event ids) or their corpus is (`corpus_removed`), and any
+event when a `redaction` names it (`soul forget`; data: {"event": id}).
 
 A `resonance` event scores the event it judges (data: {"event": id, "score": 0..1, "judge":
 user | self | similarity}; a judgement that names no judge is the user's). `judges` keeps each
@@ -53,6 +55,7 @@ from projections.resonance import HIGH, combine
 log = logging.getLogger("soul.projections.memory")
 
 REMEMBERED = ("perception", "thought", "tool_result", "summary", "chunk_ingested")
+COPIES = ("recall",)  # tools whose results are copies of memories: not remembered again
 # Corpus chunks leave memory with their file or corpus; any event with its `redaction` (`soul forget`).
 FORGOTTEN = ("document_removed", "corpus_removed", "redaction")
 SPLIT = "./:"  # characters read as spaces in the second half of `words` (and of the query)
@@ -66,7 +69,7 @@ COLUMNS = ("seq", "id", "time", "type", "prose", "vector", "embedder", "corpus")
 
 class Memory(Projection):
     name = "memory"
-    version = 4
+    version = 5
     types = (*REMEMBERED, "resonance", *FORGOTTEN)
     dim = 384
 
@@ -85,7 +88,7 @@ class Memory(Projection):
     def apply(self, cur: psycopg.Cursor[Any], table: sql.Identifier, entries: Sequence[Entry]) -> None:
         # Rows are only ever added, in journal order: the highest seq held marks what is applied.
         applied = cur.execute(sql.SQL("SELECT coalesce(max(seq), 0) FROM {}").format(table)).fetchone()[0]  # type: ignore[index]
-        rows = [self._row(e) for e in entries if e.topic in REMEMBERED and e.seq > applied]
+        rows = [self._row(e) for e in entries if remembered(e) and e.seq > applied]
         if rows:
             with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
                     table, sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))) as copy:
@@ -209,6 +212,12 @@ class Memory(Projection):
             if corpus is not None:
                 ddl += sql.SQL(" WHERE corpus = {}").format(sql.Literal(corpus))
             cur.execute(ddl)
+
+
+def remembered(e: Entry) -> bool:
+    """Whether memory holds entry `e` (decoded): a remembered type, and no copy of memories."""
+    copy = e.topic == "tool_result" and e.event.data.get("tool") in COPIES  # type: ignore[union-attr]
+    return e.topic in REMEMBERED and not copy
 
 
 def corpus_key(corpus: str) -> str:

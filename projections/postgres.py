@@ -21,7 +21,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import OperationalError as OperationalError  # re-exported: the CLI catches it without importing psycopg
 
-from journal.embedded import ServiceError, process_alive, soul_home, stop_process
+from journal.embedded import ServiceError, same_process, soul_home, stop_process
 from journal.errors import one_line
 from journal.secrets import redact_url
 
@@ -94,18 +94,19 @@ class EmbeddedPostgres:
         self.log_file = self.dir / "log"
 
     def _postmaster(self) -> dict[str, Any] | None:
-        """pid, port, socket dir and state from `postmaster.pid`, which Postgres keeps current."""
+        """pid, start time, port, socket dir and state from `postmaster.pid`, which Postgres keeps current."""
         try:
             lines = (self.dir / "postmaster.pid").read_text().splitlines()
-            return {"pid": int(lines[0]), "port": int(lines[3]), "socket_dir": lines[4],
+            return {"pid": int(lines[0]), "started": int(lines[2]), "port": int(lines[3]), "socket_dir": lines[4],
                     "state": lines[7].strip() if len(lines) > 7 else "starting"}
         except (FileNotFoundError, IndexError, ValueError):  # not running, or still writing it
             return None
 
     def status(self) -> dict[str, Any]:
-        """{"running": bool, "pid", "port", "url", "store", "log"}, like EmbeddedNats.status()."""
+        """{"running": bool, "pid", "port", "url", "store", "log"} and "stale", like EmbeddedNats.status()."""
         info = self._postmaster() or {}
-        running = (bool(info) and info["state"] == "ready" and process_alive(info["pid"])
+        ours = bool(info) and same_process(info["pid"], info["started"])  # a crash leaves the file behind
+        running = (ours and info["state"] == "ready"
                    and _listening(Path(info["socket_dir"]) / f".s.PGSQL.{info['port']}"))
         return {
             "service": "postgres",
@@ -115,6 +116,7 @@ class EmbeddedPostgres:
             "url": f"postgresql://postgres@/postgres?host={info['socket_dir']}&port={info['port']}" if running else None,
             "store": str(self.dir),
             "log": str(self.log_file),
+            **({"stale": info["pid"]} if info and not ours else {}),
         }
 
     def start(self) -> str:
@@ -139,9 +141,8 @@ class EmbeddedPostgres:
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop the server cleanly (fast shutdown: a checkpoint, no recovery next time)."""
-        status = self.status()
-        if not status["running"]:
+        info = self._postmaster()
+        if info is None or not self.status()["running"]:
             return False
         # SIGINT is Postgres' fast shutdown; SIGQUIT its immediate one (recovers on the next start).
-        stop_process(status["pid"], signal.SIGINT, signal.SIGQUIT, timeout)
-        return True
+        return stop_process(info["pid"], info["started"], signal.SIGINT, signal.SIGQUIT, timeout)

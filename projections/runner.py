@@ -19,6 +19,7 @@ Per app schema:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -188,13 +189,15 @@ class ProjectionRunner:
         if row is None:
             raise _Swapped(table)
         position = int(row[0])
-        end = self.journal.last_seq() if progress else 0
-        for page in _pages(self.journal.read(since=position + 1), self.page):
+        # The end as of now: while events arrive faster than this projection applies them, a
+        # caller (a turn catching its window up) must get an answer, not chase the end forever.
+        end = self.journal.last_seq()
+        entries = itertools.takewhile(lambda e: e.seq <= end, self.journal.read(since=position + 1))
+        for page in _pages(entries, self.page):
             with self.conn.transaction(), self.conn.cursor() as cur:
                 position = self._apply(cur, table, page)
             if progress:
-                end = max(end, position)
-                progress(position, end)
+                progress(position, max(end, position))
         return position
 
     def _finish(self, table: str) -> None:

@@ -157,12 +157,11 @@ def first_turn(db: psycopg.Connection[Any] | psycopg.Cursor[Any], app: str, conv
 
 
 def prose_between(db: psycopg.Connection[Any] | psycopg.Cursor[Any], app: str, conversation: str,
-                  first: int, last: int, limit: int) -> list[str]:
-    """The prose of the conversation's turns with seq in first..last, oldest first, at most `limit`."""
-    rows = db.execute(sql.SQL(
-        "SELECT prose FROM {} WHERE conversation = %s AND seq BETWEEN %s AND %s AND type = ANY(%s)"
+                  first: int, last: int, limit: int) -> list[tuple[str, str]]:
+    """(type, prose) of the conversation's turns with seq in first..last, oldest first, at most `limit`."""
+    return db.execute(sql.SQL(
+        "SELECT type, prose FROM {} WHERE conversation = %s AND seq BETWEEN %s AND %s AND type = ANY(%s)"
         " ORDER BY seq LIMIT %s").format(Turns.view(app)), [conversation, first, last, list(TURNS), limit]).fetchall()
-    return [prose for (prose,) in rows]
 
 
 def last_thought(db: psycopg.Connection[Any] | psycopg.Cursor[Any], app: str, conversation: str) -> int | None:

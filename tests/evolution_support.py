@@ -41,3 +41,21 @@ def journal_moments(journal: Journal, count: int, score: float = 0.95, topic: st
                                  data={"event": str(thought.id), "score": score, "judge": "user"}))
         thoughts.append(thought)
     return thoughts
+
+
+def journal_facts(journal: Journal, tellings: list[str], score: float = 0.95,
+                  talk: uuid.UUID | None = None) -> list[tuple[BifocalEvent, BifocalEvent]]:
+    """Each of `tellings` said by the user in one conversation (`talk`, else a new one), answered
+    and rated `score`: the (perception, thought) pairs, in journal order."""
+    talk = talk or uuid.uuid4()
+    rng = np.random.default_rng(len(tellings))
+    pairs = []
+    for said in tellings:
+        _, ask = journal.add(BifocalEvent("perception", said, rng.standard_normal(4), EMBEDDER, talk,
+                                          data={"source": "user"}))
+        _, thought = journal.add(BifocalEvent("thought", "Thank you, I will keep that in mind.", rng.standard_normal(4),
+                                              EMBEDDER, talk, causation_id=ask.id))
+        journal.add(BifocalEvent("resonance", f"user rates {score}", [], NO_EMBEDDER, f"judge:{thought.id}",
+                                 data={"event": str(thought.id), "score": score, "judge": "user"}))
+        pairs.append((ask, thought))
+    return pairs

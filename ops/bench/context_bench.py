@@ -91,7 +91,7 @@ def check_projection_path(nats_url: str, pg_url: str, tokenizer: Any, budget: in
             mine = [s for s, e in zip(seqs, events) if e.originator_id == talk]
             kept = context.turn_seqs
             suffix = bool(kept) and kept == mine[-len(kept):] and context.evictions == ((mine[0], mine[-len(kept) - 1]),)
-            summarise(journal, conn, str(talk), context.evictions[0])
+            summarise(journal, conn, str(talk), context.evictions[0], tokenizer, budget // 4)
             with ProjectionRunner(journal, Turns(), pg_url) as runner:
                 runner.catch_up()
             after = assemble(conn, app, str(talk), None, tokenizer, budget)

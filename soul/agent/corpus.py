@@ -4,6 +4,8 @@ event on the journal (design §4).
 Which files: in a git work tree the files git tracks under PATH (`git ls-files`), else every
 file under PATH (not following symlinks, skipping `.git`). Skipped, and counted by reason:
 binary files (a NUL byte, or not UTF-8), files over MAX_FILE_BYTES, empty and unreadable ones.
+A PATH that yields no text file at all is refused before anything is journaled, saying why
+(`no_files`: not a folder, empty, untracked or ignored by git; `Ingest.run`: every file skipped).
 
 Chunks: up to CHUNK_LINES lines and CHUNK_CHARS characters, consecutive chunks sharing
 OVERLAP_LINES lines so that what straddles a boundary is whole in one of them; a line longer
@@ -85,18 +87,41 @@ def chunk_text(text: str) -> list[Chunk]:
     return chunks
 
 
+def _git(root: Path, *args: str) -> list[str]:
+    out = subprocess.run(["git", "-C", str(root), *args, "-z"], capture_output=True, check=True).stdout
+    return [p for p in out.decode("utf-8", "surrogateescape").split("\0") if p]
+
+
+def _inside_git(root: Path) -> bool:
+    return subprocess.run(["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"],
+                          capture_output=True, text=True).stdout.strip() == "true"
+
+
 def list_files(root: Path) -> list[str]:
     """Paths under `root`, relative to it, with `/` separators, sorted."""
-    inside_git = subprocess.run(["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"],
-                                capture_output=True, text=True).stdout.strip() == "true"
-    if inside_git:
-        out = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True, check=True).stdout
-        return sorted(p for p in out.decode("utf-8", "surrogateescape").split("\0") if p)
+    if _inside_git(root):
+        return sorted(_git(root, "ls-files"))
     found = []
     for folder, dirs, names in os.walk(root):
         dirs[:] = [d for d in dirs if d != ".git"]
         found.extend(Path(folder, n).relative_to(root).as_posix() for n in names)
     return sorted(found)
+
+
+def no_files(root: Path) -> str:
+    """Why `root` yields no files to ingest (list_files found none, or it is no folder), in one line."""
+    if not root.exists():
+        return f"{root} does not exist"
+    if not root.is_dir():
+        return f"{root} is a file, not a directory"
+    if _inside_git(root):
+        untracked = len(_git(root, "ls-files", "--others", "--exclude-standard"))
+        ignored = len(_git(root, "ls-files", "--others", "--ignored", "--exclude-standard"))
+        if untracked or ignored:
+            held = ", ".join(f"{n} {why}" for n, why in ((untracked, "untracked"), (ignored, "ignored by git")) if n)
+            return (f"git tracks no file under {root} ({held}): in a git work tree only tracked files are "
+                    "ingested; `git add` them, or ingest a copy outside the work tree")
+    return f"{root} holds no files"
 
 
 def read_text(path: Path) -> tuple[str | None, str]:
@@ -155,6 +180,9 @@ class Ingest:
             self._file(root, path)
             if progress:
                 progress(1)
+        if paths and not (self.report.ingested or self.report.unchanged):  # nothing journaled yet: see _file
+            skipped = ", ".join(f"{n} {why}" for why, n in sorted(self.report.skipped.items()))
+            raise CorpusError(f"no text file under {root}: of {len(paths)} files, {skipped}")
         if complete:
             for path in sorted(set(self.known) - set(paths)):
                 self._tombstone(path)
@@ -163,7 +191,7 @@ class Ingest:
 
     def _file(self, root: Path, path: str) -> None:
         text, sha = read_text(root / path)
-        if text is None:
+        if text is None:  # no `_flush` here: a folder with no text file journals nothing (see run)
             self.report.skipped[sha] = self.report.skipped.get(sha, 0) + 1
             if path in self.known:  # it was text once; now it is not: gone from the view
                 self._tombstone(path)

@@ -3,7 +3,9 @@
 Three judges score an event, each with a `resonance` event (data: event, score, judge,
 rationale): the user (`/rate 0.9`, `soul rate EVENT SCORE`), the soul itself, and similarity
 to the centroid of past high-resonance vectors. How their latest scores combine into the one
-memory shows is the resonance rule, `projections.resonance.combine`.
+memory shows is the resonance rule, `projections.resonance.combine`: only the user's counts
+with the embedded SmolLM2, since neither the self judge nor similarity tells good replies from
+bad (ops/bench/judge_bench.py measures them); their scores are journaled all the same.
 """
 
 from __future__ import annotations
@@ -51,10 +53,15 @@ def similarity_judgement(conn: Any, app: str, vector: np.ndarray,
     centroid, n = found
     if centroid.shape != vector.shape:  # a vector of another embedder: not comparable
         return None
-    norms = float(np.linalg.norm(vector) * np.linalg.norm(centroid))
-    cosine = float(np.dot(vector, centroid)) / norms if norms else 0.0
-    score = round(min(max(cosine, 0.0), 1.0), 4)
+    score = cosine_score(vector, centroid)
     return score, f"similarity: cosine {score:.4f} to the centroid of {n} high-resonance memories"
+
+
+def cosine_score(a: np.ndarray, b: np.ndarray) -> float:
+    """The cosine of two vectors as a score: negative counts as 0, 0 for a zero vector; 4 decimals."""
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    cosine = float(np.dot(a, b)) / norms if norms else 0.0
+    return round(min(max(cosine, 0.0), 1.0), 4)
 
 
 def judgement(target: BifocalEvent, score: float, judge: str, rationale: str, embedder: Any) -> BifocalEvent:

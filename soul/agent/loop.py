@@ -16,9 +16,9 @@ the same tools without the mind; they journal the tool call and its result, not 
 
 The window as the mind sees it: one system message (the pinned self-definition, the notebook
 and the conversation's latest summary), then the turns as user and assistant messages, the
-retrievals put in front of the newest perception. Everything that changes from turn to turn
+retrievals (plain lines) put in front of the newest perception. Everything that changes from turn to turn
 sits at the end, so the mind's KV cache keeps the rest. When the window overflows, it is cut
-to `keep_after_eviction` of the budget at once and the cut summarised (context.summarise):
+to `keep_after_eviction` of the budget at once and the cut summarised by the mind (context.summarise):
 the summary at the top then stays the same for many turns instead of changing (and costing
 a full prefill) on every one.
 
@@ -51,11 +51,11 @@ from projections.postgres import pg_url
 from projections.resonance import combine
 from projections.runner import ProjectionRunner
 from projections.search import Hit, search
-from projections.turns import Turns, last_thought, latest_pinned, unanswered
-from soul.agent.context import Context, assemble, parse_turn, summarise
+from projections.turns import Turns, last_thought, latest_pinned, newest_first, unanswered
+from soul.agent.context import SUMMARY_TOKENS, Context, assemble, by_heart, parse_turn, summarise
 from soul.agent.judges import SELF_QUESTION, RatingError, judgement, self_judgement, similarity_judgement
 from soul.agent.judges import rate as rate_event
-from soul.agent.tools import TOOLS, ToolError
+from soul.agent.tools import TOOLS, Tool, ToolError
 
 if TYPE_CHECKING:
     from soul.agent.mind import Generation, Mind
@@ -64,10 +64,11 @@ DEFAULT_CONVERSATION = "main"
 DEFAULT_SELF = ("I am soul, a small local agent. I remember what I perceive and think, "
                 "answer briefly and honestly, and say when I do not know.")
 RESULT_CHARS = 16_000  # a tool result is cut to this many characters before it is journaled
+RECALLED = "Things you remember:"  # leads the retrievals, plain lines without seqs or brackets a reply could copy
 
 
 class TurnError(RuntimeError):
-    """A turn that cannot be taken as configured (a window too small for the pinned blocks)."""
+    """A turn that cannot be taken: empty words, or a window too small for the pinned blocks."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class SoulConfig:
     keep_after_eviction: float = 0.5  # an overflowing window is cut to this share of the budget
     notebook_cap: int = 512  # tokens of the notebook shown
     summary_share: float = 0.25  # of the budget, at most, for the summary of evicted turns
+    summary_tokens: int = SUMMARY_TOKENS  # the mind's own words in a summary, at most (context.summarise)
     retrieval_k: int = 3  # memories recalled into the window each turn
     temperature: float = 0.0  # 0: greedy
     seed: int = 0
@@ -109,10 +111,14 @@ class TurnResult:
         return asdict(self)
 
 
+def usage(tool: Tool) -> str:
+    """The chat command of `tool` with its parameters: `/recall QUERY`."""
+    return f"/{tool.name}" + "".join(f" {p.upper()}" for p in tool.parameters.get("properties", {}))
+
+
 def help_line() -> str:
     """One line naming every chat command: each registered tool with its parameters, /rate, /help."""
-    tools = [f"/{t.name}" + "".join(f" {p.upper()}" for p in t.parameters.get("properties", {})) for t in TOOLS.values()]
-    return "commands: " + ", ".join([*tools, "/rate SCORE [EVENT]", "/help"])
+    return "commands: " + ", ".join([*map(usage, TOOLS.values()), "/rate SCORE [EVENT]", "/help"])
 
 
 def messages_of(context: Context, self_default: str) -> list[dict[str, str]]:
@@ -132,7 +138,7 @@ def messages_of(context: Context, self_default: str) -> list[dict[str, str]]:
     if not any(b.kind == "self" for b in context.blocks):  # as the pinned block renders it
         system.insert(0, f"# Self\n{self_default}")
     if recalled and turns and turns[-1]["role"] == "user":
-        turns[-1] = {"role": "user", "content": "\n".join(["(recalled)", *recalled, "", turns[-1]["content"]])}
+        turns[-1] = {"role": "user", "content": "\n".join([RECALLED, *recalled, "", turns[-1]["content"]])}
     return [{"role": "system", "content": "\n\n".join(system)}, *turns]
 
 
@@ -192,16 +198,21 @@ class Soul:
     # -- the turn --------------------------------------------------------------------------
 
     def turn(self, prose: str, *, source: str = "user", conversation: str | None = None,
-             on_token: Callable[[str], None] | None = None) -> TurnResult:
-        """Perceive `prose` from `source` in `conversation` and answer it (or run a chat command)."""
+             on_token: Callable[[str], None] | None = None, memory: bool = True) -> TurnResult:
+        """Perceive `prose` from `source` in `conversation` and answer it (or run a chat command).
+        Without `memory` the mind answers from its weights alone (see `answer`)."""
         conversation = conversation or self.conversation
         if source == "user" and prose.startswith("/"):
             return self.command(prose, conversation)
         seq, perception = self.perceive(prose, source=source, conversation=conversation)
-        return self.answer(Entry(seq, perception.originator_id, perception.type, 0, perception), on_token=on_token)
+        return self.answer(Entry(seq, perception.originator_id, perception.type, 0, perception), on_token=on_token,
+                           memory=memory)
 
     def perceive(self, prose: str, *, source: str = "user", conversation: str | None = None) -> tuple[int, BifocalEvent]:
-        """Journal a perception (redacted, embedded); its seq and event."""
+        """Journal a perception (redacted, embedded); its seq and event. Empty words are refused
+        (TurnError): a perception of nothing would be a memory of nothing."""
+        if not prose.strip():
+            raise TurnError("the words are empty: there is nothing to perceive")
         prose, redacted = redact_secrets(prose)
         event = BifocalEvent("perception", prose, self.embedder.embed([prose])[0], self.embedder.id,
                              conversation or self.conversation,
@@ -218,25 +229,30 @@ class Soul:
         ((_, seq),) = found
         return next(self.journal.read(since=seq, limit=1), None)
 
-    def answer(self, perception: Entry, *, on_token: Callable[[str], None] | None = None) -> TurnResult:
-        """Think about a journaled perception: thoughts, tool calls, resonance."""
+    def answer(self, perception: Entry, *, on_token: Callable[[str], None] | None = None,
+               memory: bool = True) -> TurnResult:
+        """Think about a journaled perception: thoughts, tool calls, resonance. Without `memory`
+        the window holds the self-definition and the perception alone, and no tools are offered
+        (recall would bring memory back): what the weights know by heart. The thought's data then
+        says `"window": "no-memory"`."""
         event = perception.event
         assert event is not None
         conversation = str(event.originator_id)
         self.pin_default_self()
         cause, tool_seqs = event, []
         for _ in range(self.config.tool_rounds + 1):
-            context, messages = self.window(conversation, event.vector)
+            context, messages = self.window(conversation, event.vector, memory=memory)
             generation = self.mind.generate(messages, max_tokens=self.max_tokens, on_token=on_token,
-                                            tools=self.tool_schemas())
+                                            tools=self.tool_schemas(memory))
             thought_seq, thought = self.journal.add(BifocalEvent(
                 "thought", generation.text, self.embedder.embed([generation.text])[0], self.embedder.id, conversation,
                 causation_id=cause.id, correlation_id=event.correlation_id or event.id,
                 data={"model": self.mind.model_id, "generation": self.generation, "fingerprint": context.fingerprint,
                       "prompt_tokens": generation.prompt_tokens, "reused_tokens": generation.reused_tokens,
                       "generated_tokens": generation.generated_tokens, "first_token_s": round(generation.first_token_s, 4),
-                      "tokens_per_s": round(generation.tokens_per_s, 2), "finish": generation.finish_reason}))
-            calls = self.mind.tool_calls(generation.text)
+                      "tokens_per_s": round(generation.tokens_per_s, 2), "finish": generation.finish_reason,
+                      **({} if memory else {"window": "no-memory"})}))
+            calls = self.mind.tool_calls(generation.text) if memory else []
             if not calls:
                 break
             for name, arguments in calls:
@@ -247,38 +263,57 @@ class Soul:
         return TurnResult(conversation, perception.seq, thought_seq, generation.text, tuple(tool_seqs),
                           combine(judges), judges, generation)
 
-    def window(self, conversation: str, vector: np.ndarray | None) -> tuple[Context, list[dict[str, str]]]:
-        """The context window and its messages, within the budget and the model's context."""
+    def window(self, conversation: str, vector: np.ndarray | None, *, memory: bool = True,
+               read_only: bool = False) -> tuple[Context, list[dict[str, str]]]:
+        """The context window and its messages, within the budget and the model's context;
+        `vector` is the newest turn's, for the retrievals. Without `memory`: the self-definition
+        and the newest turn alone (context.by_heart). `read_only` journals no summary of the
+        turns that no longer fit (they stay in `Context.evictions`): a look, as `soul window`."""
         self.catch_up()
-        context = self._assemble(conversation, vector, self.budget)
-        if context.evictions:
+        context = self._assemble(conversation, vector, self.budget, memory)
+        if context.evictions and not read_only:
             evicted = context.evictions[0]
             try:
                 cut = self._assemble(conversation, vector, max(1, int(self.budget * self.config.keep_after_eviction)))
                 evicted = cut.evictions[0] if cut.evictions else evicted
             except TurnError:  # the pinned blocks and summary alone take more than the cut: evict less
                 pass
-            summarise(self.journal, self.conn, conversation, evicted)
+            summarise(self.journal, self.conn, conversation, evicted, self.mind.tokenizer,
+                      int(self.budget * self.config.summary_share), mind=self.mind,
+                      max_tokens=self.config.summary_tokens, generation=self.generation, embedder=self.embedder)
             self.catch_up(Turns.name)
             context = self._assemble(conversation, vector, self.budget)
         # The chat template's markup is not in the window's count: shrink until the prompt fits.
         budget = self.budget
         while True:
             messages = messages_of(context, DEFAULT_SELF)
-            over = len(self.mind.encode(messages, self.tool_schemas())) + self.reserve - self.mind.max_context
+            over = len(self.mind.encode(messages, self.tool_schemas(memory))) + self.reserve - self.mind.max_context
             if over <= 0:
                 return context, messages
             budget -= over
-            context = self._assemble(conversation, vector, budget)
+            context = self._assemble(conversation, vector, budget, memory)
 
-    def _assemble(self, conversation: str, vector: np.ndarray | None, budget: int) -> Context:
+    def _assemble(self, conversation: str, vector: np.ndarray | None, budget: int, memory: bool = True) -> Context:
         try:
+            if not memory:
+                return by_heart(self.conn, self.app, conversation, self.mind.tokenizer, budget, max_seq=self.as_of)
             return assemble(self.conn, self.app, conversation, vector, self.mind.tokenizer, budget,
                             notebook_cap=self.config.notebook_cap, retrieval_k=self.config.retrieval_k,
                             summary_cap=int(budget * self.config.summary_share),
                             mounted_corpus=corpora.mounted(self.conn, self.app), max_seq=self.as_of)
         except ValueError as e:  # the pinned blocks alone overflow the window
             raise TurnError(f"{e}; shorten the self-definition (/self) or the notebook (/notebook)") from None
+
+    def look(self, conversation: str | None = None, *, memory: bool = True) -> tuple[Context, list[dict[str, str]]]:
+        """The window the mind would think in if it answered `conversation` now (`soul window`),
+        journaling nothing: retrievals are searched with the newest turn's words and vector."""
+        conversation = conversation or self.conversation
+        self.catch_up(Turns.name)
+        newest = next(newest_first(self.conn, self.app, conversation, 0), None)
+        entry = next(self.journal.read(since=newest[0], limit=1), None) if newest else None
+        event = entry.event if entry is not None else None
+        vector = event.vector if event is not None and event.vector.size else None  # none: keyword search alone
+        return self.window(conversation, vector, memory=memory, read_only=True)
 
     def catch_up(self, *names: str) -> None:
         for name in names or self.runners:
@@ -298,8 +333,9 @@ class Soul:
 
     # -- tools and commands ----------------------------------------------------------------
 
-    def tool_schemas(self) -> list[dict[str, Any]] | None:
-        return [t.schema() for t in TOOLS.values()] if self.mind.tokenizer.has_tool_calling else None
+    def tool_schemas(self, memory: bool = True) -> list[dict[str, Any]] | None:
+        """The tools' schemas for a model with tool calling; none for a turn without memory."""
+        return [t.schema() for t in TOOLS.values()] if memory and self.mind.tokenizer.has_tool_calling else None
 
     def call_tool(self, name: str, arguments: dict[str, Any], conversation: str | None = None, *,
                   cause: BifocalEvent | None = None) -> ToolOutcome:
@@ -346,7 +382,7 @@ class Soul:
         return outcome[0] if outcome else (False, f"timed out after {self.config.tool_timeout:g} s")
 
     def command(self, line: str, conversation: str | None = None) -> TurnResult:
-        """A chat command: a tool call (journaled), a rating, or help (nothing journaled)."""
+        """A chat command: a tool call (journaled), a rating, or help or a usage line (nothing journaled)."""
         conversation = conversation or self.conversation
         name, _, rest = line[1:].partition(" ")
         if name == "help":
@@ -356,8 +392,11 @@ class Soul:
         tool = TOOLS.get(name)
         if tool is None:
             return TurnResult(conversation, None, None, f"unknown command /{name}; {help_line()}")
+        arguments = tool.arguments(rest)
+        if any(not arguments.get(p) for p in tool.parameters.get("required", [])):  # `/recall` alone: journal nothing
+            return TurnResult(conversation, None, None, f"usage: {usage(tool)}")
         self.catch_up()  # tools read the projections
-        outcome = self.call_tool(name, tool.arguments(rest), conversation)
+        outcome = self.call_tool(name, arguments, conversation)
         return TurnResult(conversation, None, None, outcome.text if outcome.ok else f"error: {outcome.text}",
                           (outcome.call_seq, outcome.result_seq))
 

@@ -83,18 +83,21 @@ class Mind:
         return list(self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True))
 
     def generate(self, messages: list[dict[str, Any]], *, max_tokens: int,
-                 on_token: Callable[[str], None] | None = None, tools: list[dict[str, Any]] | None = None) -> Generation:
-        """The reply to `messages`, streamed to `on_token` a text segment at a time."""
+                 on_token: Callable[[str], None] | None = None, tools: list[dict[str, Any]] | None = None,
+                 temperature: float | None = None) -> Generation:
+        """The reply to `messages`, streamed to `on_token` a text segment at a time; `temperature`
+        overrides the mind's for this call (0: greedy)."""
         start = time.perf_counter()
         prompt = self.encode(messages, tools)
         reused = self._reuse(prompt)
-        if self.temperature:
+        temperature = self.temperature if temperature is None else temperature
+        if temperature:
             mx.random.seed(self.seed)
         text, generated, first, speed, finish = [], [], 0.0, 0.0, "stop"
         try:
             for response in stream_generate(
                     self.model, self.tokenizer, mx.array(prompt[reused:]), max_tokens=max_tokens,
-                    sampler=make_sampler(self.temperature), logits_processors=self.logits_processors,
+                    sampler=make_sampler(temperature), logits_processors=self.logits_processors,
                     prompt_cache=self.cache, prefill_step_size=PREFILL_STEP):
                 if not generated:
                     first = time.perf_counter() - start

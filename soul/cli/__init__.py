@@ -26,7 +26,7 @@ from soul.cli.evolution import evolve, export, forget, generations, replay
 from soul.cli.journal import journal, perceive, tail
 from soul.cli.mcp import mcp
 from soul.cli.memory import corpus, projections, search
-from soul.cli.mind import chat, rate, run, say
+from soul.cli.mind import chat, rate, run, say, window
 from soul.cli.services import services
 
 USER_ERRORS = (PersistenceError, EventError, ServiceError, OSError)
@@ -65,8 +65,8 @@ def main(ctx: click.Context, nats_url: str | None, home: str | None, app: str) -
     ctx.obj = {"app": app}
 
 
-for command in (run, perceive, tail, journal, search, corpus, projections, say, chat, rate, daemon, message, mcp,
-                evolve, generations, replay, export, forget, doctor, services):
+for command in (run, perceive, tail, journal, search, corpus, projections, say, chat, rate, window, daemon, message,
+                mcp, evolve, generations, replay, export, forget, doctor, services):
     main.add_command(command)
 
 

@@ -14,11 +14,11 @@ from typing import Any
 import click
 import orjson
 
-from journal.embedded import process_alive, soul_home, stop_process
+from journal.embedded import soul_home, stop_process
 from journal.journal import Journal
 from soul.agent.loop import Soul
-from soul.cli.options import app_of, json_option, mind_errors, model_option, open_soul
-from soul.doors.daemon import Daemon, DaemonError, running
+from soul.cli.options import app_of, json_option, mind_errors, model_option, not_empty, open_soul
+from soul.doors.daemon import COMMAND, Daemon, DaemonError, running
 
 
 @click.command()
@@ -89,16 +89,19 @@ def status(home: Path, as_json: bool) -> None:
 
 
 def stop(home: Path, timeout: float) -> None:
-    pid = (running(home) or {}).get("pid")
-    if not pid or not process_alive(pid):
+    state = running(home) or {}
+    pid = state.get("pid")
+    if not pid:
         raise click.ClickException(f"no soul daemon runs for {home}")
-    stop_process(pid, signal.SIGTERM, signal.SIGKILL, timeout)
+    if not stop_process(pid, state.get("started"), signal.SIGTERM, signal.SIGKILL, timeout, named=COMMAND):
+        raise click.ClickException(f"no soul daemon runs for {home} (stale lock: pid {pid} is not it; "
+                                   "nothing signalled)")
     click.echo(f"stopped soul daemon pid {pid}", err=True)
 
 
 @click.command()
 @click.argument("to")
-@click.argument("text")
+@click.argument("text", callback=not_empty)
 @model_option
 @click.pass_context
 def message(ctx: click.Context, to: str, text: str, model: Path | None) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import click
 import orjson
 
-from evolution.lineage import Generation, LineageError, chain, find, lineage
+from evolution.lineage import Generation, LineageError, chain, find, lineage, runs
 from evolution.merge_config import MergeConfigError
 from evolution.store import GenerationStore, StoreError
 from journal.embedded import soul_home
@@ -155,32 +155,36 @@ def generations(ctx: click.Context, as_json: bool, plot_path: str | None) -> Non
 
     One line each: generation, journal cut, moments learnt, adapter hash, root hash, largest
     drift from W0, evaluation (anchor perplexity against W0's; curated loss before -> after),
-    and status. The active generation is marked with *.
+    and status. The active generation is marked with *. The runs of earlier epochs, which
+    `soul evolve --rebuild` replaced (after `soul forget`), come first, marked superseded.
     """
     journal = open_journal(ctx)
-    runs = lineage(journal)
+    every = [r for r in runs(journal) if r.status != "nothing to curate"]
+    epoch = max((r.epoch for r in every), default=0)
     try:
         current = GenerationStore(soul_home(), app_of(ctx)).active()
     except StoreError as e:
         click.echo(f"warning: {e}", err=True)
         current = None
     active_root = current[1].name if current else None
-    for g in runs:
-        row = _generation_row(g, active_root)
+    for g in every:
+        row = _generation_row(g, active_root, epoch)
         click.echo(orjson.dumps(row).decode() if as_json else _format_generation(row))
-    if not runs and not as_json:
+    if not every and not as_json:
         click.echo("no generations yet: the soul runs on its base weights W0; `soul evolve` makes gen-1", err=True)
     if plot_path:
-        _plot(Path(plot_path), chain(runs))
-        click.echo(f"drift and evaluation of {len(chain(runs))} generations drawn to {plot_path}", err=True)
+        promoted = chain([g for g in every if g.epoch == epoch])
+        _plot(Path(plot_path), promoted)
+        click.echo(f"drift and evaluation of {len(promoted)} generations drawn to {plot_path}", err=True)
 
 
-def _generation_row(g: Generation, active_root: str | None) -> dict[str, Any]:
+def _generation_row(g: Generation, active_root: str | None, epoch: int) -> dict[str, Any]:
     seal = g.seal
     drift = max(seal["drift"].values()) if seal.get("drift") else None
+    superseded = g.epoch < epoch
     return {
-        "generation": g.name, "epoch": g.epoch, "status": g.status, "why": g.why,
-        "active": g.status == "promoted" and g.root_sha256 == active_root,
+        "generation": g.name, "epoch": g.epoch, "status": g.status, "why": g.why, "superseded": superseded,
+        "active": g.status == "promoted" and g.root_sha256 == active_root and not superseded,
         "after_seq": g.after_seq, "cut": g.cut, "events": len(g.event_ids),
         "adapter_sha256": g.adapter.get("sha256"), "cached": g.adapter.get("cached"),
         "root_sha256": g.root_sha256, "max_drift": drift,
@@ -197,6 +201,8 @@ def _format_generation(row: dict[str, Any]) -> str:
     evaluation = (f"ppl {ppl['after']:.4g}/{ppl['base']:.4g} loss {loss['before']:.3g}->{loss['after']:.3g}"
                   if ppl and loss else "-")
     status = row["status"] + (f" ({row['why']})" if row["why"] else "")
+    if row["superseded"]:
+        status += f", superseded (epoch {row['epoch']})"
     return (f"{'*' if row['active'] else ' '} {row['generation']:<7} cut {row['cut']:>8}  events {row['events']:>5}  "
             f"adapter {short(row['adapter_sha256']):<12}  root {short(row['root_sha256']):<12}  drift {drift:<9} "
             f"{evaluation:<34}  {status}")
@@ -311,20 +317,29 @@ def export(ctx: click.Context, generation: str, folder: str) -> None:
 
 @click.command()
 @click.argument("event", metavar="EVENT")
+@click.option("--erase", is_flag=True,
+              help="Also delete its bytes: from the journal (on every replica), the views and Postgres' files. "
+                   "Cannot be undone.")
 @click.pass_context
-def forget(ctx: click.Context, event: str) -> None:
+def forget(ctx: click.Context, event: str, erase: bool) -> None:
     """Redact EVENT (its id, or its journal sequence number): it leaves future curations.
 
-    The journal is immutable, so the event stays stored, but a `redaction` event names it and
-    every curation from now on leaves it out. Generations that already learnt from it keep it
-    until `soul evolve --rebuild` derives the lineage again without it.
+    The journal is append-only, so without --erase the event stays stored, but a `redaction`
+    event names it and every curation from now on leaves it out. Generations that already
+    learnt from it keep it until `soul evolve --rebuild` derives the lineage again without it.
+
+    With --erase the event is deleted from the journal for good, with what was derived from it
+    (its lessons): JetStream overwrites the message with random bytes on every replica, the
+    views that held it are rebuilt without it, and Postgres is made to drop the old rows'
+    bytes. A generation that learnt from it can then no longer be replayed to MATCH; the
+    lineage `soul evolve --rebuild` derives can. docs/reliability.md says what erase cannot reach.
     """
     journal = open_journal(ctx)
+    if erase:
+        _erase(journal, event)
+        return
     target = _find_event(journal, event)
-    chosen = target.event
-    assert chosen is not None
-    if chosen.type in FORGETTABLE_NOT:
-        raise click.ClickException(f"{event} is a {chosen.type} event: the lineage's bookkeeping cannot be forgotten")
+    chosen = _forgettable(target, event)
     from evolution.curate import redacted_ids
 
     if str(chosen.id) in redacted_ids(journal):
@@ -334,10 +349,115 @@ def forget(ctx: click.Context, event: str) -> None:
             "redaction", f"forget the {chosen.type} at seq {target.seq}", [], NO_EMBEDDER, "redactions",
             causation_id=chosen.id, data={"event": str(chosen.id)}))
         click.echo(f"redaction journaled at seq {seq}: {chosen.type} {chosen.id} (seq {target.seq}) is forgotten")
-    learnt = [g.name for g in chain(lineage(journal)) if str(chosen.id) in g.event_ids]
+    _learnt(journal, {str(chosen.id)})
+
+
+def _forgettable(target: Entry, event: str) -> BifocalEvent:
+    chosen = target.event
+    assert chosen is not None
+    if chosen.type in FORGETTABLE_NOT:
+        raise click.ClickException(f"{event} is a {chosen.type} event: the lineage's bookkeeping cannot be forgotten")
+    return chosen
+
+
+def _learnt(journal: Journal, ids: set[str], erased: bool = False) -> None:
+    """Name the generations of the current lineage that learnt from any of `ids`."""
+    learnt = [g.name for g in chain(lineage(journal)) if ids & set(g.event_ids)]
     if learnt:
-        click.echo(f"{', '.join(learnt)} learnt from it: `soul evolve --rebuild` derives the lineage without it",
-                   err=True)
+        replay = f"; `soul replay` of {', '.join(learnt)} can no longer MATCH" if erased else ""
+        click.echo(f"{', '.join(learnt)} learnt from it: `soul evolve --rebuild` derives the lineage without it"
+                   f"{replay}", err=True)
+
+
+# Events made from another one, whose data names it: erased with it (evolution/lessons.py).
+DERIVED = ("lesson",)
+QUOTABLE = 12  # characters: a shorter prose found in another is a common phrase, not a quote of it
+
+
+def _erase(journal: Journal, event: str) -> None:
+    """`soul forget --erase EVENT`: redaction first (it also takes the event out of the views at
+    once), then the erase, then the views rebuilt and Postgres cleared; run again, it finishes
+    an erase that was interrupted."""
+    from projections.erasure import let_go, rebuild
+    from projections.postgres import connect, pg_url
+
+    earlier = _erased_before(journal, event)
+    if earlier is not None:
+        seqs, topics, ids = earlier.data["erased"], None, {earlier.data["event"]}  # topics unknown: rebuild all
+        click.echo(f"{earlier.data['event']} was already erased (seq {', '.join(map(str, seqs))}); finishing the erase")
+    else:
+        target = _find_event(journal, event)
+        chosen = _forgettable(target, event)
+        derived, answers, quotes = _around(journal, target)
+        gone = [target, *derived]
+        seqs, topics = [e.seq for e in gone], {e.topic for e in gone}
+        ids = {str(e.event.id) for e in gone if e.event is not None} | answers
+        redaction, _ = journal.add(BifocalEvent(
+            "redaction", f"erase the {chosen.type} at seq {target.seq}", [], NO_EMBEDDER, "redactions",
+            causation_id=chosen.id, data={"event": str(chosen.id), "erased": seqs}))
+        with_derived = f" and {len(derived)} event{'s' * (len(derived) != 1)} derived from it" if derived else ""
+        click.echo(f"redaction journaled at seq {redaction}: {chosen.type} {chosen.id} (seq {target.seq})"
+                   f"{with_derived} is forgotten and erased")
+        if quotes:
+            shown = ", ".join(str(e.seq) for e in quotes[:10])
+            shown += f" and {len(quotes) - 10} more" if len(quotes) > 10 else ""
+            click.echo(f"seq {shown} quote it word for word and stay: erase them too with `soul forget --erase SEQ`",
+                       err=True)
+    erased = journal.erase(seqs)
+    replicas = f"{journal.replicas} {'replica' if journal.replicas == 1 else 'replicas'}"
+    click.echo(f"journal: seq {', '.join(map(str, erased))} erased ({replicas})" if erased else
+               "journal: nothing left to erase")
+    url = pg_url()
+    rebuilt = rebuild(journal, topics, url)
+    with connect(url) as conn:
+        limits = let_go(conn, journal.app)
+    click.echo(f"views rebuilt without it: {', '.join(rebuilt)}; Postgres "
+               f"{'cleared' if not limits else 'partly cleared'} (statistics, WAL)")
+    for limit in limits:
+        click.echo(f"warning: {limit}", err=True)
+    _learnt(journal, ids, erased=True)
+
+
+def _erased_before(journal: Journal, event: str) -> BifocalEvent | None:
+    """The redaction that erased EVENT (its id, or a sequence it erased), if one did."""
+    try:
+        wanted = str(uuid.UUID(event)) if not event.isdigit() else None
+    except ValueError:
+        return None
+    for entry in journal.read(types=["redaction"]):
+        data = entry.event.data if entry.event is not None else {}
+        if "erased" in data and (data.get("event") == wanted or (wanted is None and int(event) in data["erased"])):
+            return entry.event
+    return None
+
+
+def _around(journal: Journal, target: Entry) -> tuple[list[Entry], set[str], list[Entry]]:
+    """What goes with `target` and what stays: the events derived from it (erased with it), the
+    ids of the thoughts that answer it (a generation that learnt one learnt it as their
+    context), and the later events whose prose holds its prose word for word (they stay)."""
+    event = target.event
+    assert event is not None
+    me = str(event.id)
+    derived, answers, quotes = [], set(), []
+    for entry in journal.read(since=target.seq + 1):
+        other = entry.event
+        if other is None:
+            continue
+        if other.type in DERIVED and me in _named(other.data):
+            derived.append(entry)
+        elif other.type == "thought" and other.causation_id == event.id:
+            answers.add(str(other.id))
+        if other.type not in DERIVED and len(event.prose.strip()) >= QUOTABLE and event.prose in other.prose:
+            quotes.append(entry)
+    return derived, answers, quotes
+
+
+def _named(data: dict[str, Any]) -> set[str]:
+    """The strings `data` holds at its top level, in lists too: the ids it names."""
+    named: set[str] = set()
+    for value in data.values():
+        named.update(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str))
+    return named
 
 
 def _find_event(journal: Journal, event: str) -> Entry:

@@ -13,7 +13,7 @@ import orjson
 from journal.event import BifocalEvent
 from journal.journal import PAGE, Entry
 from journal.secrets import redact_secrets
-from soul.cli.options import default_embedder, json_option, open_journal
+from soul.cli.options import default_embedder, json_option, not_empty, open_journal
 
 
 def parse_since(value: str) -> int | datetime:
@@ -129,7 +129,7 @@ def stats(ctx: click.Context, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("prose")
+@click.argument("prose", callback=not_empty)
 @click.option("--source", default="user", show_default=True, help="Who or what was perceived: user, agent:NAME, tool:NAME.")
 @click.option("--corpus", default=None, help="Corpus tag to attach.")
 @json_option("Print the stored event as JSON.")

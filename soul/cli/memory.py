@@ -30,8 +30,8 @@ from projections.registry import PROJECTIONS
 from projections.runner import ProjectionRunner, status
 from projections.search import MODES, Hit
 from projections.search import search as search_memory
-from soul.agent.corpus import CorpusError, Ingest, check_name, list_files, originator
-from soul.cli.options import app_of, default_embedder, json_option, open_journal
+from soul.agent.corpus import CorpusError, Ingest, check_name, list_files, no_files, originator
+from soul.cli.options import app_of, default_embedder, json_option, not_empty, open_journal
 
 EXCERPT = 72
 
@@ -39,7 +39,7 @@ EXCERPT = 72
 
 
 @click.command()
-@click.argument("query")
+@click.argument("query", callback=not_empty)
 @click.option("--corpus", metavar="NAME", help="Only memories of this corpus.")
 @click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True,
               help="hybrid: meaning and words fused; semantic: meaning only; "
@@ -151,11 +151,11 @@ def add(ctx: click.Context, name: str, path: Path, max_files: int | None, as_jso
     Re-running journals only what changed: new and modified files, and a tombstone for each
     file that is gone.
     """
-    if not path.is_dir():
-        raise click.ClickException(f"{path} is not a directory")
+    paths = list_files(path) if path.is_dir() else []
+    if not paths:
+        raise click.ClickException(no_files(path))
     with _corpora(ctx) as (journal, runner):
         check_name(name)
-        paths = list_files(path)
         ingest = Ingest(journal, default_embedder(), name, corpora.files(runner.conn, app_of(ctx), name))
         with click.progressbar(length=len(paths[:max_files]), label=f"ingesting {name}", file=sys.stderr) as bar:
             report = ingest.run(path, paths[:max_files], complete=max_files is None or max_files >= len(paths),

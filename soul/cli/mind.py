@@ -1,5 +1,6 @@
-"""`soul run`, `soul say`, `soul chat`, `soul rate`: talking to the soul (soul/agent/loop.py), and
-rating what it said. Where the soul runs is `open_soul`'s choice (soul/cli/options.py).
+"""`soul run`, `soul say`, `soul chat`, `soul rate`, `soul window`: talking to the soul
+(soul/agent/loop.py), rating what it said, and looking at the window it thinks in. Where the
+soul runs is `open_soul`'s choice (soul/cli/options.py).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from journal.journal import Journal
 from projections.memory import Memory
 from projections.runner import ProjectionRunner
 from soul.agent.judges import rate as rate_event
-from soul.agent.loop import Soul, TurnResult
+from soul.agent.context import count
+from soul.agent.loop import DEFAULT_SELF, Soul, TurnResult
 from soul.cli.options import (app_of, as_option, conversation_option, default_embedder, json_option, mind_errors,
-                              model_option, open_soul)
+                              model_option, no_memory_option, not_empty, open_soul)
 
 PROMPT = "you> "
 SPEAKER = "soul> "
@@ -54,7 +56,8 @@ def show(result: TurnResult, streamed: bool) -> None:
         click.echo()
     if result.judges:
         judged = ", ".join(f"{judge} {score:.2f}" for judge, score in result.judges.items())
-        click.echo(f"  (thought {result.thought_seq}; resonance {result.resonance:.2f}: {judged})", err=True)
+        resonance = "unrated" if result.resonance is None else f"{result.resonance:.2f}"  # only a rating counts
+        click.echo(f"  (thought {result.thought_seq}; resonance {resonance}: {judged})", err=True)
 
 
 @click.command()
@@ -81,14 +84,15 @@ def run(ctx: click.Context, model: Path | None) -> None:
 
 
 @click.command()
-@click.argument("prose")
+@click.argument("prose", callback=not_empty)
 @conversation_option
 @model_option
 @as_option
+@no_memory_option
 @json_option("Print the turn as one JSON object instead of streaming the reply.")
 @click.pass_context
 def say(ctx: click.Context, prose: str, conversation: str, model: Path | None, as_generation: str | None,
-        as_json: bool) -> None:
+        no_memory: bool, as_json: bool) -> None:
     """Say PROSE to the soul and print its reply as it is generated (one turn).
 
     The perception, the thought, tool calls and resonance judgements are journaled; a
@@ -99,7 +103,8 @@ def say(ctx: click.Context, prose: str, conversation: str, model: Path | None, a
         if not as_json:
             answer_pending(soul, conversation)
         command = prose.startswith("/")
-        result = soul.turn(prose, conversation=conversation, on_token=None if as_json or command else stream_to(sys.stdout))
+        result = soul.turn(prose, conversation=conversation, on_token=None if as_json or command else stream_to(sys.stdout),
+                           memory=not no_memory)
     if as_json:
         click.echo(orjson.dumps(result.as_dict()).decode())
     else:
@@ -110,14 +115,15 @@ def say(ctx: click.Context, prose: str, conversation: str, model: Path | None, a
 @conversation_option
 @model_option
 @as_option
+@no_memory_option
 @click.pass_context
-def chat(ctx: click.Context, conversation: str, model: Path | None, as_generation: str | None) -> None:
+def chat(ctx: click.Context, conversation: str, model: Path | None, as_generation: str | None, no_memory: bool) -> None:
     """Talk with the soul: replies stream as they are generated; `/help` lists the commands.
     Ctrl-D (or Ctrl-C) leaves; the conversation stays in the journal for next time."""
     with open_soul(ctx, model, as_generation) as soul:
         try:  # the banner inside: a Ctrl-C the moment it is shown still leaves with "bye"
-            click.echo(f"soul {soul.app}, conversation {conversation!r}, thinking with {soul.mind.model_id}; "
-                       "/help for commands, Ctrl-D to leave", err=True)
+            click.echo(f"soul {soul.app}, conversation {conversation!r}, thinking with {soul.mind.model_id}"
+                       f"{' without memory' if no_memory else ''}; /help for commands, Ctrl-D to leave", err=True)
             answer_pending(soul, conversation)
             while True:
                 line = read_line()
@@ -128,11 +134,47 @@ def chat(ctx: click.Context, conversation: str, model: Path | None, as_generatio
                 command = line.startswith("/")
                 if not command:
                     sys.stdout.write(SPEAKER)
-                result = soul.turn(line, conversation=conversation, on_token=None if command else stream_to(sys.stdout))
+                result = soul.turn(line, conversation=conversation, on_token=None if command else stream_to(sys.stdout),
+                                   memory=not no_memory)
                 show(result, streamed=not command)
         except KeyboardInterrupt:  # mid-turn: the perception is journaled; the next session answers it
             click.echo()
     click.echo("bye", err=True)
+
+
+@click.command()
+@conversation_option
+@model_option
+@as_option
+@no_memory_option
+@json_option("Print the window as one JSON object: budget, tokens, blocks (kind, seq, tokens, text), messages.")
+@click.pass_context
+def window(ctx: click.Context, conversation: str, model: Path | None, as_generation: str | None, no_memory: bool,
+           as_json: bool) -> None:
+    """Show what the mind would see if it answered now: the pinned self-definition and notebook,
+    the summary, the retrievals (searched with the newest turn), the turns, each block with its
+    tokens, and the total against the budget. A new message joins at the end, with retrievals of
+    its own. Journals nothing; the soul is opened here, even when a daemon runs."""
+    with open_soul(ctx, model, as_generation, here=True) as soul:
+        context, messages = soul.look(conversation, memory=not no_memory)
+        blocks = [{"kind": b.kind, "seq": b.seq, "tokens": count(soul.mind.tokenizer, b.text), "text": b.text}
+                  for b in context.blocks]
+        prompt = len(soul.mind.encode(messages, soul.tool_schemas(not no_memory)))
+        shown = {"conversation": conversation, "memory": not no_memory, "budget": soul.budget, "tokens": context.tokens,
+                 "prompt_tokens": prompt, "max_context": soul.mind.max_context, "fingerprint": context.fingerprint,
+                 "evicted": [list(r) for r in context.evictions], "blocks": blocks, "messages": messages}
+    if as_json:
+        click.echo(orjson.dumps(shown).decode())
+        return
+    if not any(b["kind"] == "self" for b in blocks):
+        click.echo(f"(no self-definition journaled yet: the mind is shown the default one)\n# Self\n{DEFAULT_SELF}")
+    for b in blocks:
+        click.echo(f"--- {b['kind']}{'' if b['seq'] is None else ' ' + str(b['seq'])}: {b['tokens']} tokens")
+        click.echo(b["text"], nl=False)
+    click.echo(f"--- {context.tokens} of a {soul.budget}-token budget; the prompt with the chat template: {prompt} "
+               f"of the model's {soul.mind.max_context}")
+    for first, last in context.evictions:
+        click.echo(f"turns {first}..{last} no longer fit: the next turn summarises them")
 
 
 def read_line() -> str | None:

@@ -41,11 +41,22 @@ as_option = click.option(
 conversation_option = click.option(
     "-c", "--conversation", default=DEFAULT_CONVERSATION, show_default=True, metavar="ID",
     help="Which conversation to continue (any name; each keeps its own window).")
+no_memory_option = click.option(
+    "--no-memory", is_flag=True,
+    help="The weights alone: the window holds only the self-definition and the words to answer (no retrievals, "
+         "earlier turns, summary or notebook; no tools). Its thought's data says window: no-memory.")
 
 
 def json_option(help: str) -> Decorator:
     """--json: machine-readable output instead of lines for people; `help` says its shape."""
     return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def not_empty(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """An argument's callback refusing blank words in one line, before anything is opened or journaled."""
+    if not value.strip():
+        raise click.ClickException(f"{param.human_readable_name} is empty: there is nothing to {ctx.info_name}")
+    return value
 
 
 def app_of(ctx: click.Context) -> str:
@@ -78,11 +89,12 @@ def mind_errors() -> tuple[type[Exception], ...]:
 
 
 @contextmanager
-def open_soul(ctx: click.Context, model: Path | None, as_generation: str | None = None) -> Iterator[Soul]:
+def open_soul(ctx: click.Context, model: Path | None, as_generation: str | None = None,
+              here: bool = False) -> Iterator[Soul]:
     """The soul to talk to: the running `soul daemon`'s if one serves this soul (its model
-    answers; soul/doors/daemon.py), else one opened in this process. `as_generation` ("gen-N") is
-    always opened here: that past self's weights, remembering the journal up to its cut. Model,
-    embedder, lineage, window, rating and daemon mistakes end in one line."""
+    answers; soul/doors/daemon.py), else one opened in this process. `as_generation` ("gen-N"),
+    and any soul when `here`, is opened here: that past self's weights, remembering the journal
+    up to its cut. Model, embedder, lineage, window, rating and daemon mistakes end in one line."""
     from soul.doors.daemon import DaemonError, attach
 
     app, errors = app_of(ctx), (*mind_errors(), DaemonError)
@@ -94,7 +106,7 @@ def open_soul(ctx: click.Context, model: Path | None, as_generation: str | None 
                 folder, cut = resolve(journal, soul_home(), as_generation)
             opened = Soul.open(app, model_dir=folder, generation=f"gen-{parse_name(as_generation)}", as_of=cut)
         else:
-            opened = attach(app) or Soul.open(app, model_dir=model)
+            opened = (None if here else attach(app)) or Soul.open(app, model_dir=model)
         with opened as soul:
             yield soul
     except errors as e:

@@ -53,5 +53,11 @@ def status(as_json: bool) -> None:
 def stop() -> None:
     """Stop the embedded servers cleanly (their data stays under SOUL_HOME)."""
     for server, _ in _services():
-        name = server.status()["service"]
-        click.echo(f"{name:<9} stopped" if server.stop() else f"{name:<9} was not running")
+        status = server.status()
+        if server.stop():
+            click.echo(f"{status['service']:<9} stopped")
+        elif "stale" in status:  # its pid file names a process that ended or is another one now: left alone
+            click.echo(f"{status['service']:<9} was not running (stale pid file: pid {status['stale']} is not it; "
+                       "nothing signalled)")
+        else:
+            click.echo(f"{status['service']:<9} was not running")

@@ -1,13 +1,15 @@
 """The soul's daemon: one per soul home, serving turns over NATS and taking in its peers' packets.
 
 - **Lock**: `$SOUL_HOME/daemon.lock`, held with `fcntl.flock` for the daemon's life and holding
-  its pid, app and subject as JSON. A second daemon finds it held and refuses, naming the pid;
-  the kernel lets go of a killed daemon's lock, so a stale file is simply taken over.
+  its pid, start time, app and subject as JSON. A second daemon finds it held and refuses, naming
+  the pid; the kernel lets go of a killed daemon's lock, so a stale file is simply taken over.
+  Nothing signals the pid unless it is still the process that started then (`same_process`).
 - **Turns**: request-reply on `soulrpc.<app>.turn`, outside every journal stream's subjects
   (`soul.<app>.>`). The daemon answers each request on its reply inbox with `accepted`, then
   one `token` message per streamed piece of text, then `done` (the turn's result as JSON) or
-  `error` (one line); the `Soul-Part` header says which. Turns run one at a time, in arrival
-  order, on the main thread.
+  `error` (one line); the `Soul-Part` header says which. A request is JSON: prose, source,
+  conversation and memory (false: a turn without memory, Soul.answer's). Turns run one at a
+  time, in arrival order, on the main thread.
 - **Peers**: packets from other souls are taken from the inbox (soul/doors/peers.py) by a thread that
   hands them to the main thread, which journals each once and answers it like any perception:
   all of the soul's work (journal, embedder, mind) happens on the main thread.
@@ -37,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from journal.embedded import process_alive, soul_home
+from journal.embedded import same_process, soul_home, started_at
 from journal.errors import one_line
 from journal.journal import Journal
 from journal.subjects import turn_subject
@@ -50,6 +52,7 @@ PART = "Soul-Part"  # header naming what a reply message is: accepted | token | 
 ACCEPT_TIMEOUT = 10.0  # seconds a client waits for a running daemon to take its request
 INBOX_POLL = 1.0  # seconds the inbox thread waits for a packet before looking at the stop flag
 EVOLVE_CHECK = 60.0  # seconds between two looks at the evolution cadence
+COMMAND = "soul daemon"  # in a daemon's command line: how a lock without a start time (an older one) is verified
 
 
 class DaemonError(RuntimeError):
@@ -89,13 +92,14 @@ class DaemonLock:
             file.close()
             raise DaemonError(f"a soul daemon already runs for {self.path.parent} (pid {pid})")
         self.file = file
-        self.write(pid=os.getpid())
+        self.write()
 
     def write(self, **state: Any) -> None:
-        """Replace what the lock file says (clients read it to find the daemon)."""
+        """Replace what the lock file says (clients read it to find the daemon): this process's pid
+        and start time, and `state`."""
         self.file.seek(0)
         self.file.truncate()
-        self.file.write(json.dumps(state))
+        self.file.write(json.dumps({"pid": os.getpid(), "started": started_at(os.getpid()), **state}))
         self.file.flush()
 
     def release(self) -> None:
@@ -176,7 +180,7 @@ class Daemon:
         inbox_thread = threading.Thread(target=self._take_packets, args=(inbox,), name="soul-inbox", daemon=True)
         inbox_thread.start()
         try:
-            self.lock.write(pid=os.getpid(), app=self.app, subject=subject, model=soul.mind.model_id)
+            self.lock.write(app=self.app, subject=subject, model=soul.mind.model_id)
             on_ready(subject)
             soul.catch_up(Turns.name)
             for conversation, _ in unanswered(soul.conn, soul.app):
@@ -303,7 +307,7 @@ class Daemon:
             return
         try:
             result = soul.turn(prose, source=request.get("source") or "user", conversation=request.get("conversation"),
-                               on_token=self._checked(stream))
+                               on_token=self._checked(stream), memory=request.get("memory") is not False)
         except Abandoned:
             reply("error", b"the daemon is stopping; your words are journaled and are answered when it starts again").result()
             return
@@ -341,7 +345,7 @@ class DaemonClient:
     answers what a crash left unanswered itself."""
 
     def __init__(self, journal: Journal, app: str, state: dict[str, Any]):
-        self.journal, self.app, self.pid = journal, app, state["pid"]
+        self.journal, self.app, self.pid, self.started = journal, app, state["pid"], state.get("started")
         self.mind = RemoteMind(f"{state.get('model', '?')} (daemon pid {self.pid})")
         self.connection, self.subject = journal.bus, turn_subject(app)
 
@@ -358,16 +362,16 @@ class DaemonClient:
         return None
 
     def turn(self, prose: str, *, source: str = "user", conversation: str | None = None,
-             on_token: Callable[[str], None] | None = None) -> Any:
+             on_token: Callable[[str], None] | None = None, memory: bool = True) -> Any:
         """The turn's result (a TurnResult) as the daemon reports it; tokens go to `on_token`
-        as they come."""
+        as they come. `memory` as Soul.turn's."""
         nc = self.connection.nc
         replies: asyncio.Queue[Any] = asyncio.Queue()
 
         async def start() -> Any:
             inbox = nc.new_inbox()
             sub = await nc.subscribe(inbox, cb=replies.put)
-            request = orjson.dumps({"prose": prose, "source": source, "conversation": conversation})
+            request = orjson.dumps({"prose": prose, "source": source, "conversation": conversation, "memory": memory})
             await nc.publish(self.subject, request, reply=inbox)
             return sub
 
@@ -388,7 +392,7 @@ class DaemonClient:
                     if not accepted:
                         raise DaemonError(f"the soul daemon (pid {self.pid}) did not take the turn within "
                                           f"{ACCEPT_TIMEOUT:g}s; is it stuck? (`soul daemon --status`)") from None
-                    if not process_alive(self.pid):
+                    if not same_process(self.pid, self.started, named=COMMAND):
                         raise DaemonError(f"the soul daemon (pid {self.pid}) died during the turn; your words are "
                                           "journaled and are answered when it starts again") from None
                     continue

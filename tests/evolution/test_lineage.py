@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from evolution.cadence import DEFAULT_EVERY, UNITS, due, parse_every, run_scheduled
+from evolution.config import LORA_KEYS
 from evolution.evolve import evolve, guard
 from evolution.lineage import LineageError, active, chain, find, lineage, parse_name, resolve
 from evolution.store import GenerationStore, StoreError
@@ -44,9 +45,8 @@ def test_two_generations_end_to_end(journal: Journal, soul_home: Path, tmp_path:
     assert g2.adapter["parent_root"] == g1.root_sha256 and g1.adapter["parent_root"] == base.root_sha256
     assert g2.seal["adapters"] == [g1.adapter["sha256"], g2.adapter["sha256"]]  # merged from W0 with both
     assert g1.seal["base_root"] == base.root_sha256
-    assert set(g2.seal["drift"]) == {n for n in g2.seal["tensor_sha256"] if n.endswith(("q_proj.weight",
-                                                                                      "k_proj.weight",
-                                                                                      "v_proj.weight"))}
+    assert set(g2.seal["drift"]) == {n for n in g2.seal["tensor_sha256"]
+                                     if n.endswith(tuple(f"{key}.weight" for key in LORA_KEYS))}
     assert g2.seal["perplexity"]["before"] == g1.seal["perplexity"]["after"]
     assert g2.seal["loss"]["after"] < g2.seal["loss"]["before"]  # it learnt its moments
 

@@ -11,7 +11,7 @@ import pytest
 from mlx_lm import load as mlx_load
 from mlx_lm.tuner.datasets import ChatDataset
 
-from evolution.config import EvolutionConfig
+from evolution.config import LORA_KEYS, EvolutionConfig
 from evolution.evaluate import anchor_texts, loss, perplexity
 from evolution.ties import LoraAdapter, merge_model
 from evolution.train import (KEYS, MAX_EPOCHS, TRAINING_FILE, adapter_config, cache_key, environment, find_cached, fit_rows,
@@ -45,8 +45,8 @@ def test_same_seed_same_bytes_and_mlx_lm_format(tiny: Path, tmp_path: Path) -> N
     assert reports[-1][2] < reports[0][2]
     assert json.loads((first.path / "adapter_config.json").read_text()) == first.config == adapter_config(CONFIG, 5)
     assert first.environment == environment()
-    names = LoraAdapter(first.path).names  # q/k/v of both layers, readable as a task vector
-    assert names == {f"model.layers.{i}.self_attn.{p}_proj.weight" for i in range(2) for p in "qkv"}
+    names = LoraAdapter(first.path).names  # every LoRA module of both layers, readable as a task vector
+    assert names == {f"model.layers.{i}.{key}.weight" for i in range(2) for key in LORA_KEYS}
     model, tokenizer = mlx_load(str(tiny), adapter_path=str(first.path))  # and by mlx-lm itself
     base, _ = mlx_load(str(tiny))
     assert loss(model, tokenizer, ROWS) < loss(base, tokenizer, ROWS)

@@ -196,6 +196,22 @@ def test_events_of_another_dimension_are_remembered_for_their_words_only(
     assert 1 in [h.seq for h in search(conn, app, "heliotrope", random_vector())]  # hybrid: the words count
 
 
+def test_a_recall_result_is_not_remembered_so_no_recall_finds_it(
+        journal: Journal, conn: psycopg.Connection[Any], pg_url: str) -> None:
+    app = journal.app
+    kept = event("perception", "the heliotrope grows by the lighthouse")
+    direction = kept.vector
+    recalled = event("tool_result", "[1 perception] the heliotrope grows by the lighthouse", near(direction),
+                     data={"tool": "recall", "outcome": "ok"})
+    other = event("tool_result", "heliotrope.txt lighthouse.txt", near(direction), data={"tool": "ls", "outcome": "ok"})
+    journal_all(journal, [kept, recalled, other])
+    catch_up(journal, pg_url)
+    for mode in ("hybrid", "semantic", "keyword"):
+        hits = search(conn, app, "heliotrope lighthouse", near(direction), mode=mode)
+        assert sorted(h.seq for h in hits) == [1, 3], mode  # the recall's copy (seq 2) is in no search
+    assert [e.topic for e in journal.read()] == ["perception", "tool_result", "tool_result"]  # still journaled
+
+
 def test_keyword_search_finds_identifiers_whole_and_by_their_parts(
         journal: Journal, conn: psycopg.Connection[Any], pg_url: str) -> None:
     app = journal.app

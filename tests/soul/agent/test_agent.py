@@ -19,7 +19,8 @@ from tokenizers import pre_tokenizers
 from evolution.weights.model import byte_level_bpe, write_config, write_tokenizer
 from projections.memory import Memory
 from projections.resonance import combine
-from soul.agent.loop import DEFAULT_SELF, Soul, SoulConfig, help_line
+from projections.turns import newest_first
+from soul.agent.loop import DEFAULT_SELF, RECALLED, Soul, SoulConfig, TurnError, help_line
 from soul.agent.tools import TOOLS, Tool, register, text_parameter
 from tests.support import drop_schema
 from tests.tiny_model import CHAT_TEMPLATE, SPECIAL, build_tiny_model, tiny_config, tiny_weights
@@ -217,6 +218,67 @@ def test_chat_commands_reach_the_tools(opened: Any) -> None:
     assert messages[0]["content"].startswith("# Self\nI am Tern, a careful keeper of lights.\n\n# Notebook\nAda keeps")
     assert soul.turn("/mount nothing").reply.startswith("error: no corpus named 'nothing'")
     assert soul.turn("/unmount").reply == "error: no corpus is mounted"
+
+
+def test_a_recall_is_never_recalled_again_and_empty_words_journal_nothing(opened: Any) -> None:
+    soul = opened()
+    soul.turn("The lighthouse keeper is called Ada.")
+    first = soul.turn("/recall lighthouse keeper Ada")
+    second = soul.turn("/recall lighthouse keeper Ada")
+    # The first recall's result is no memory: the second finds what the first found, not a copy of it.
+    assert "Ada" in first.reply and second.reply == first.reply and "tool_result" not in second.reply
+    soul.catch_up()
+    turns = [seq for seq, _, _ in newest_first(soul.conn, soul.app, "main", 0)]
+    assert first.tool_seqs[1] in turns and second.tool_seqs[1] in turns  # still in the conversation's turns
+
+    before = soul.journal.last_seq()
+    assert soul.turn("/recall").reply == soul.turn("/recall   ").reply == "usage: /recall QUERY"
+    for words in ("", "  \n "):
+        with pytest.raises(TurnError, match="the words are empty"):
+            soul.turn(words)
+        with pytest.raises(TurnError, match="the words are empty"):
+            soul.perceive(words)
+    assert soul.journal.last_seq() == before
+
+
+def test_look_shows_the_window_of_the_next_thought_with_plain_memories_and_journals_nothing(opened: Any) -> None:
+    soul = opened()
+    soul.turn("The lighthouse keeper is called Ada.", conversation="facts")
+    seq, _ = soul.perceive("Who keeps the lighthouse?")
+    context, messages = soul.look()
+    assert soul.journal.last_seq() == seq
+    recalled = [b for b in context.blocks if b.kind == "retrieval"]
+    assert "- The lighthouse keeper is called Ada.\n" in [b.text for b in recalled]
+    # No seq, type or bracket for a reply to copy: the memories are plain lines before the words.
+    lines = [RECALLED, *(b.text.strip() for b in recalled), "", "Who keeps the lighthouse?"]
+    assert messages[-1]["content"] == "\n".join(lines)
+    result = soul.answer(soul.pending())
+    thought = next(e.event for e in soul.journal.read(since=result.thought_seq, limit=1))
+    assert thought.data["fingerprint"] == context.fingerprint and "window" not in thought.data
+
+
+def test_a_turn_without_memory_sees_the_self_definition_and_its_words_alone(opened: Any) -> None:
+    soul = opened(config=SoulConfig(max_tokens=12, budget=400, retrieval_k=1, self_judge=False))
+    soul.turn("/notebook Ada keeps the lighthouse.")
+    soul.turn("The lighthouse keeper is called Ada.", conversation="facts")
+    for i in range(8):
+        soul.turn(f"turn {i}: the quick brown fox")
+    seq, _ = soul.perceive("Who is the lighthouse keeper?")
+    full, _ = soul.look()
+    assert {"notebook", "summary", "retrieval", "turn"} <= {b.kind for b in full.blocks}  # memory has much to show
+    bare, messages = soul.look(memory=False)
+    assert [b.kind for b in bare.blocks] == ["self", "header", "turn"] and bare.turn_seqs == [seq]
+    assert messages == [{"role": "system", "content": f"# Self\n{DEFAULT_SELF}"},
+                        {"role": "user", "content": "Who is the lighthouse keeper?"}]
+    assert soul.journal.last_seq() == seq  # looking journals nothing
+    result = soul.answer(soul.pending(), memory=False)
+    thought = next(e.event for e in soul.journal.read(since=result.thought_seq, limit=1))
+    assert thought.type == "thought" and thought.data["window"] == "no-memory"
+    assert thought.data["fingerprint"] == bare.fingerprint
+    assert result.generation.prompt_tokens == len(soul.mind.encode(messages))
+    again = soul.turn("And who is that?", memory=False)  # Soul.turn takes it too: still only the newest words
+    alone = [messages[0], {"role": "user", "content": "And who is that?"}]
+    assert again.generation.prompt_tokens == len(soul.mind.encode(alone))
 
 
 def test_rating_the_last_thought_makes_it_resonate(opened: Any) -> None:

@@ -23,7 +23,7 @@ from projections.memory import Memory
 from projections.postgres import connect
 from projections.runner import ProjectionRunner
 from projections.turns import Turns
-from soul.agent.context import MAX_BUDGET, TRUNCATED, Context, assemble, count, summarise
+from soul.agent.context import MAX_BUDGET, TRUNCATED, Context, assemble, by_heart, count, key_words, summarise
 from tests.support import drop_schema
 from tests.tiny_model import SPECIAL
 
@@ -129,18 +129,57 @@ def test_an_eviction_leaves_a_summary_citing_its_range_and_shown_in_its_place(
     talk, seqs = conversation_of(journal, pg_url, 30, "Turn {i} said something. Then it rambled on.")
     context = window(journal, conn, talk, 400)
     ((first, last),) = context.evictions
-    summary_seq = summarise(journal, conn, talk, (first, last))
+    summary_seq = summarise(journal, conn, talk, (first, last), TOKENIZER, 400)
     (entry,) = list(journal.read(since=summary_seq))
-    assert entry.event.type == "summary" and entry.event.data == {"first_seq": seqs[0], "last_seq": last,
-                                                                   "conversation": talk}
-    assert entry.event.prose.startswith("Turn 0 said something. Turn 1 said something.")
-    assert "rambled" not in entry.event.prose
+    extract, *kept = entry.event.prose.split("\n")
+    assert entry.event.type == "summary" and entry.event.data == {
+        "first_seq": seqs[0], "last_seq": last, "conversation": talk, "by": "extract", "kept": len(kept)}
+    assert extract.startswith("Turn 0 said something. Turn 1 said something.") and count(TOKENIZER, extract) <= 200
+    # Then the user's sentences whose numbers the first half left out (every third turn is a perception).
+    assert kept == [f"User: Turn {i} said something." for i in range(0, last, 3) if f"Turn {i} " not in extract]
+    assert "rambled" not in entry.event.prose and len(kept) >= 3
     catch_up(journal, pg_url)
     after = window(journal, conn, talk, 400)
     summary = [b for b in after.blocks if b.kind == "summary"]
     assert len(summary) == 1 and f"[{seqs[0]}-{last} summary] Turn 0 said something." in summary[0].text
     assert not set(after.turn_seqs) & set(range(first, last + 1)) and after.tokens <= 400
     assert after.fingerprint != context.fingerprint and len(after.fingerprint) == 64
+
+
+
+def test_names_and_numbers_are_the_words_with_digits_or_capitals_past_an_opening() -> None:
+    assert key_words("User: My sister Ingrid's flat in Tromsø is number 14B.") == {"Ingrid", "Tromsø", "14B"}
+    assert key_words("I'm sure \"The gate\" opens at 9, said Ada.") == {"9", "Ada"}
+    assert key_words("Nothing here is a name or a number.") == set()
+
+
+def test_a_fact_said_once_reaches_the_window_through_the_summaries_that_subsume_each_other(
+        journal: Journal, conn: psycopg.Connection[Any], pg_url: str) -> None:
+    talk = uuid.uuid4()
+    fact = "Let me tell you something. The gate code is 4817 and the keeper is called Ingrid."
+    chatter = "We talked about the weather again. It rained."
+    seqs = journal_each(journal, [said("perception", fact, talk)] +
+                        [said(("thought", "perception")[i % 2], chatter, talk) for i in range(20)])
+    catch_up(journal, pg_url)
+    windows, summaries = [], []
+    for more in range(2):  # a summary, then a later one that subsumes it
+        context = window(journal, conn, str(talk), 300)
+        ((first, last),) = context.evictions
+        summaries.append(next(journal.read(since=summarise(journal, conn, str(talk), (first, last), TOKENIZER, 150))))
+        seqs += journal_each(journal, [said("perception", "Later words, nothing to keep.", talk) for _ in range(12)])
+        catch_up(journal, pg_url)
+        windows.append(window(journal, conn, str(talk), 300))
+    for entry, after in zip(summaries, windows):
+        data, prose = entry.event.data, entry.event.prose
+        assert data["first_seq"] == seqs[0] and data["by"] == "extract" and data["kept"] == 1
+        # The first sentences alone lose the fact; its own sentence is kept, verbatim.
+        assert prose.endswith("\nUser: The gate code is 4817 and the keeper is called Ingrid.")
+        assert count(TOKENIZER, prose) <= 150
+        summary = [b.text for b in after.blocks if b.kind == "summary"]
+        assert len(summary) == 1 and summary[0].startswith(f"# Conversation\n[{seqs[0]}-{data['last_seq']} summary]")
+        assert "4817" in after.text and seqs[0] not in after.turn_seqs
+    assert summaries[0].event.data["last_seq"] < summaries[1].event.data["last_seq"]
+    assert summaries[1].event.prose.count("4817") == 1  # carried over from the first summary, not repeated
 
 
 @settings(max_examples=20, deadline=None)
@@ -158,7 +197,7 @@ def test_the_window_is_a_suffix_and_summaries_cover_every_evicted_turn_property(
                 catch_up(journal, pg_url)
                 context = window(journal, conn, str(talk), budget)
                 while context.evictions:  # summarise until the window settles
-                    summarise(journal, conn, str(talk), context.evictions[0])
+                    summarise(journal, conn, str(talk), context.evictions[0], TOKENIZER, budget // 4)
                     catch_up(journal, pg_url)
                     context = window(journal, conn, str(talk), budget)
                 kept = context.turn_seqs
@@ -186,13 +225,38 @@ def test_retrievals_come_from_the_mounted_corpus_and_memory(journal: Journal, co
     app = journal.app
     mounted = assemble(conn, app, str(talk), topic, TOKENIZER, 4000, retrieval_k=6, mounted_corpus="docs")
     recalled = [b.text for b in mounted.blocks if b.kind == "retrieval"]
-    assert {t for t in recalled if "chunk" in t} == {f"[recalled {s} chunk_ingested docs] docs chunk {i}\n"
-                                                      for i, s in enumerate(range(1, 4))}
+    # Plain lines: a seq or a bracket in the window would be copied into replies.
+    assert {(b.seq, b.text) for b in mounted.blocks if "chunk" in b.text} == {(s, f"- docs chunk {s - 1}\n")
+                                                                                for s in range(1, 4)}
     assert sum("older thought" in t for t in recalled) == 3
     assert not any("what about the deploy" in t for t in recalled)  # in the window already: not recalled again
     assert mounted.turn_seqs == turn_seqs
     unmounted = assemble(conn, app, str(talk), topic, TOKENIZER, 4000, retrieval_k=6)
     assert not any("chunk" in b.text for b in unmounted.blocks if b.kind == "retrieval")
+
+
+def test_by_heart_is_the_self_definition_and_the_newest_turn_alone(journal: Journal, conn: psycopg.Connection[Any],
+                                                                   pg_url: str) -> None:
+    topic = unit(rng.normal(size=Memory.dim))
+    journal_each(journal, [said("self_defined", "I am the soul.", uuid.uuid4()),
+                           said("notebook_written", "buy lamp oil", uuid.uuid4()),
+                           said("thought", "an older thought about the deploy", uuid.uuid4(), topic)])
+    talk, seqs = conversation_of(journal, pg_url, 12)
+    journal_each(journal, [BifocalEvent("summary", "turns 0 to 5 happened", np.zeros(0), originator_id=uuid.UUID(talk),
+                                        data={"first_seq": seqs[0], "last_seq": seqs[5], "conversation": talk})])
+    asked = "what about the deploy? " * 20
+    (newest,) = journal_each(journal, [said("perception", asked, uuid.UUID(talk), topic)])
+    catch_up(journal, pg_url, Turns(), Memory())
+    full = assemble(conn, journal.app, talk, topic, TOKENIZER, 4000, retrieval_k=3)
+    assert {"self", "notebook", "retrieval", "summary", "turn"} <= {b.kind for b in full.blocks}  # memory has hits
+    bare = by_heart(conn, journal.app, talk, TOKENIZER, 4000)
+    assert bare.text == f"# Self\nI am the soul.\n# Conversation\n[{newest} perception] {asked}\n"
+    assert [b.kind for b in bare.blocks] == ["self", "header", "turn"] and bare.turn_seqs == [newest]
+    assert bare.tokens == count(TOKENIZER, bare.text) and bare.evictions == ()
+    tight = by_heart(conn, journal.app, talk, TOKENIZER, 200)  # the words to answer are cut, never dropped
+    assert tight.tokens <= 200 and tight.text.endswith(TRUNCATED + "\n") and tight.turn_seqs == [newest]
+    with pytest.raises(ValueError, match="over the budget of 5"):
+        by_heart(conn, journal.app, talk, TOKENIZER, 5)
 
 
 def test_a_forgotten_event_leaves_the_window_and_memory(journal: Journal, conn: psycopg.Connection[Any],
@@ -248,4 +312,4 @@ def test_bad_arguments_are_one_line_errors(journal: Journal, conn: psycopg.Conne
     with pytest.raises(ValueError, match="must not be negative"):
         window(journal, conn, talk, 1000, notebook_cap=-1)
     with pytest.raises(ValueError, match="evicted range"):
-        summarise(journal, conn, talk, (5, 2))
+        summarise(journal, conn, talk, (5, 2), TOKENIZER, 100)

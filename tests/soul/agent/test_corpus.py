@@ -143,7 +143,7 @@ def test_mount_unmount_remove_are_events(repo: Path, nats_url: str, pg_url: str,
 def test_user_mistakes_are_one_line(repo: Path, nats_url: str, pg_url: str, app_name: str) -> None:
     runner = CliRunner()
     for args, message in [
-        (["add", "tide", str(repo / "missing")], "is not a directory"),
+        (["add", "tide", str(repo / "missing")], "missing does not exist"),
         (["add", "bad name", str(repo)], "corpus name 'bad name' is invalid"),
         (["mount", "nowhere"], "no corpus named 'nowhere'"),
         (["unmount"], "no corpus is mounted"),
@@ -152,6 +152,31 @@ def test_user_mistakes_are_one_line(repo: Path, nats_url: str, pg_url: str, app_
         result = runner.invoke(corpus, args, obj={"app": app_name})
         assert result.exit_code == 1, result.output
         assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_folder_that_yields_no_text_file_says_why_and_journals_nothing(
+        repo: Path, tmp_path: Path, nats_url: str, pg_url: str, app_name: str) -> None:
+    empty, ignored, unreadable = tmp_path / "empty", repo / "build", tmp_path / "unreadable"
+    for folder in (empty / "sub", ignored, unreadable):
+        folder.mkdir(parents=True)
+    (repo / ".gitignore").write_text("build/\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-qm", "ignore build")
+    (ignored / "out.txt").write_text("generated\n")
+    (repo / "notes" / "drafts").mkdir()
+    (repo / "notes" / "drafts" / "a.txt").write_text("a draft\n")
+    (unreadable / "logo.png").write_bytes(b"\x89PNG\0")
+    (unreadable / "blank.txt").write_text("  \n")
+    for path, message in [
+        (repo / "tides.py", f"{repo / 'tides.py'} is a file, not a directory"),
+        (empty, f"{empty} holds no files"),
+        (ignored, f"git tracks no file under {ignored} (1 ignored by git): in a git work tree only tracked files"),
+        (repo / "notes" / "drafts", "git tracks no file under " + str(repo / "notes" / "drafts") + " (1 untracked)"),
+        (unreadable, f"no text file under {unreadable}: of 2 files, 1 binary, 1 empty"),
+    ]:
+        result = CliRunner().invoke(corpus, ["add", "tide", str(path)], obj={"app": app_name})
+        assert result.exit_code == 1 and result.stderr.splitlines()[-1].startswith(f"Error: {message}"), result.output
+    assert last_seq(app_name) == 0
 
 
 def test_search_in_a_corpus_finds_its_document(repo: Path, nats_url: str, pg_url: str, app_name: str) -> None:

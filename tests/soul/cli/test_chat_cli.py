@@ -115,6 +115,40 @@ def test_a_perception_left_unanswered_is_answered_first(app: str, tiny: Path) ->
     assert journaled(app).count("thought") == 2
 
 
+def test_window_shows_its_blocks_and_journals_nothing_and_say_can_go_without_memory(app: str, tiny: Path) -> None:
+    model = ["--model", str(tiny)]
+    assert soul(app, "say", "The lighthouse keeper is called Ada.", "-c", "facts", *model).exit_code == 0
+    assert soul(app, "say", "Who keeps the lighthouse?", *model).exit_code == 0
+    before = journaled(app)
+    shown = soul(app, "window", "--json", *model)
+    assert shown.exit_code == 0, shown.output
+    window = json.loads(shown.stdout)
+    kinds = [b["kind"] for b in window["blocks"]]
+    assert kinds[0] == "self" and "retrieval" in kinds and kinds.count("turn") == 2 and window["memory"] is True
+    assert all(set(b) == {"kind", "seq", "tokens", "text"} for b in window["blocks"])
+    # The tiny model's tokenizer has a token per byte: the blocks' counts add up to the window's.
+    assert sum(b["tokens"] for b in window["blocks"]) == window["tokens"] <= window["budget"]
+    assert window["prompt_tokens"] > 0 and [m["role"] for m in window["messages"]] == ["system", "user", "assistant"]
+    bare = json.loads(soul(app, "window", "--json", "--no-memory", "-c", "main", *model).stdout)
+    assert [b["kind"] for b in bare["blocks"]] == ["self", "header", "turn"] and bare["memory"] is False
+    text = soul(app, "window", *model)
+    assert text.exit_code == 0 and text.stdout.startswith("--- self: ")
+    assert f"--- {window['tokens']} of a {window['budget']}-token budget" in text.stdout
+    assert journaled(app) == before  # looking journals nothing
+
+    said = soul(app, "say", "--no-memory", "--json", "Who keeps the lighthouse?", *model)
+    assert said.exit_code == 0, said.output
+    turn = json.loads(said.stdout)
+    with Journal(app) as journal:
+        thought = next(e.event for e in journal.read(since=turn["thought_seq"], limit=1))
+        earlier = next(e.event for e in journal.read(types=["thought"]))
+    assert thought.data["window"] == "no-memory" and "window" not in earlier.data
+    chatted = soul(app, "chat", "--no-memory", *model, stdin="What do you know by heart?\n")
+    assert chatted.exit_code == 0 and "without memory; /help" in chatted.stderr, chatted.output
+    with Journal(app) as journal:
+        assert list(journal.read(types=["thought"]))[-1].event.data["window"] == "no-memory"
+
+
 def test_say_twice_on_the_embedded_smollm2(nats_url: str, pg_url: str, app: str) -> None:
     """End to end, as a user: two `soul say` processes on the embedded defaults."""
     env = {**os.environ, "SOUL_APP": app}
@@ -124,6 +158,7 @@ def test_say_twice_on_the_embedded_smollm2(nats_url: str, pg_url: str, app: str)
         said = subprocess.run([sys.executable, "-m", "soul", "say", prose], capture_output=True, text=True,
                               env=env, timeout=600)
         assert said.returncode == 0, said.stderr
+        assert "resonance unrated: self " in said.stderr  # SmolLM2's self judge journals; only a rating counts
         replies.append(said.stdout.strip())
     assert all(replies)
     with Journal(app) as journal:

@@ -177,6 +177,16 @@ def test_run_shows_an_exchange_and_perceive_journals(tmp_path: Path, nats_url: s
         drop_schema(pg_url, app_name)
 
 
+def test_empty_words_are_refused_in_one_line_and_journal_nothing(filled: str, nats_url: str) -> None:
+    for args, message in [(["say", ""], "PROSE is empty: there is nothing to say"),
+                          (["perceive", " \n"], "PROSE is empty: there is nothing to perceive"),
+                          (["search", ""], "QUERY is empty: there is nothing to search")]:
+        result = soul("--app", filled, *args)
+        assert (result.returncode, result.stdout, result.stderr) == (1, "", f"Error: {message}\n"), args
+    with Journal(filled, {"SOUL_NATS_URL": nats_url}) as journal:
+        assert journal.last_seq() == 3  # the three `filled` put there
+
+
 def test_doctor_reports_every_part_and_fails_on_a_dead_one(nats_url: str, pg_url: str, app_name: str) -> None:
     env = {"SOUL_APP": app_name}
     healthy = soul("doctor", "--json", env=env, timeout=300)

@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import uuid
 import zlib
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from evolution.weights.blas import blas_in_use
 from evolution.weights.files import model_hashes, root_hash
 from journal.journal import Journal
 from soul.cli import main
-from tests.evolution_support import CONFIG, journal_moments
+from tests.evolution_support import CONFIG, journal_facts, journal_moments
 from tests.tiny_model import build_tiny_model
 
 # The tests' fast config, written as a user would: mergekit's vocabulary under `parameters:`.
@@ -137,8 +138,56 @@ def test_forget_then_rebuild_names_the_changed_generations(setup) -> None:
     assert rebuilt.stdout.split() == ["gen-1", "changed", "->", "gen-1", "1", "moments", "left", "out"]
     new = chain(lineage(journal))[0]
     assert str(thoughts[1].id) not in new.event_ids and new.root_sha256 != old.root_sha256
-    assert json.loads(invoke("generations", "--json").stdout)["active"] is True
+    rows = [json.loads(line) for line in invoke("generations", "--json").stdout.splitlines()]
+    assert [(r["root_sha256"], r["superseded"], r["active"]) for r in rows] == [
+        (old.root_sha256, True, False), (new.root_sha256, False, True)]  # the old epoch is shown, not hidden
+    listed = invoke("generations").stdout.splitlines()
+    assert listed[0].endswith(f"promoted, superseded (epoch {old.epoch})") and listed[1].startswith("* gen-1")
     assert invoke("replay", "--to", "gen-1").stdout.startswith("MATCH gen-1")
+
+
+def test_erase_names_who_learnt_it_and_the_rebuilt_lineage_replays(setup) -> None:
+    invoke, journal, thoughts = setup
+    assert invoke("evolve", "--config", invoke.config).exit_code == 0
+    seq = next(e.seq for e in journal.read() if e.event and e.event.id == thoughts[1].id)
+
+    def naming_it() -> list[int]:  # its lessons (evolution/lessons.py): derived from it, erased with it
+        return [e.seq for e in journal.read(types=["lesson"]) if str(thoughts[1].id) in str(e.event.data)]
+
+    lessons = naming_it()
+    erased = invoke("forget", "--erase", str(seq))
+    assert erased.exit_code == 0, erased.output
+    derived = f" and {len(lessons)} event{'s' * (len(lessons) != 1)} derived from it" if lessons else ""
+    assert f"thought {thoughts[1].id} (seq {seq}){derived} is forgotten and erased" in erased.stdout
+    assert f"journal: seq {', '.join(map(str, [seq, *lessons]))} erased (1 replica)" in erased.stdout
+    assert naming_it() == []
+    assert ("gen-1 learnt from it: `soul evolve --rebuild` derives the lineage without it; "
+            "`soul replay` of gen-1 can no longer MATCH") in erased.stderr
+    assert seq not in [e.seq for e in journal.read()]
+    diverged = invoke("replay", "--to", "gen-1")
+    assert diverged.exit_code == 1 and "gen-1: 1 of its moments were redacted since it was sealed" in diverged.stdout
+
+    rebuilt = invoke("evolve", "--rebuild")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert rebuilt.stdout.split() == ["gen-1", "changed", "->", "gen-1", "1", "moments", "left", "out"]
+    assert invoke("replay", "--to", "gen-1").stdout.startswith("MATCH gen-1")
+
+
+def test_erasing_a_perception_erases_the_lessons_that_restate_it(setup) -> None:
+    invoke, journal, _ = setup
+    marker = f"zq{uuid.uuid4().hex}"
+    [(told, _)] = journal_facts(journal, [f"My passport number is {marker}."])
+    assert invoke("evolve", "--config", invoke.config).exit_code == 0
+    holding = [e.seq for e in journal.read() if marker in e.event.prose + str(e.event.data)]
+    assert len(holding) > 1  # the perception, and the lesson that restates it
+    seq = next(e.seq for e in journal.read() if e.event.id == told.id)
+
+    erased = invoke("forget", "--erase", str(seq))
+    assert erased.exit_code == 0, erased.output
+    assert f"perception {told.id} (seq {seq}) and {len(holding) - 1} event" in erased.stdout
+    assert f"journal: seq {', '.join(map(str, holding))} erased (1 replica)" in erased.stdout
+    assert "gen-1 learnt from it" in erased.stderr  # through the thought that answered it
+    assert [e.seq for e in journal.read() if marker in e.event.prose + str(e.event.data)] == []
 
 
 @pytest.mark.parametrize("args, complaint", [

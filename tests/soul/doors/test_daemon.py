@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -122,6 +123,11 @@ def test_say_attaches_to_the_running_daemon_which_evolves_when_due(daemons: Daem
     assert f"perception {turn['perception_seq']}, thought {turn['thought_seq']}" in log_of(daemon)
     [(_, perception)] = events(app_name, nats_url, "perception")
     assert perception.prose == "hello daemon" and perception.data["source"] == "user"
+    bare = soul(client, "say", "--json", "--no-memory", "what do you know by heart?")  # the flag travels to the daemon
+    assert bare.returncode == 0, bare.stderr
+    thoughts = dict(events(app_name, nats_url, "thought"))
+    assert "window" not in thoughts[turn["thought_seq"]].data
+    assert thoughts[json.loads(bare.stdout)["thought_seq"]].data["window"] == "no-memory"
 
     help_ = soul(client, "say", "/help")
     assert help_.returncode == 0 and help_.stdout.startswith("commands:")
@@ -204,3 +210,48 @@ def test_the_service_units_run_the_daemon_and_stop_it_with_sigterm() -> None:
     service = unit["Service"]
     assert service["ExecStart"].endswith("/.venv/bin/soul daemon") and service["KillSignal"] == "SIGTERM"
     assert service["Restart"] == "on-failure" and unit["Install"]["WantedBy"] == "default.target"
+
+
+def cpu_of_children() -> float:
+    """CPU seconds (user and system) of this process's children that have ended."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_twenty_concurrent_says_are_each_answered_once_in_order(daemons: Daemons, app_name: str, nats_url: str) -> None:
+    """20 `soul say` processes at once against one daemon, four conversations of five, half of
+    them streaming the reply and half asking for JSON: every turn answered to its own client,
+    each thought caused by its own perception, per conversation perception-thought pairs one
+    after another, nothing lost, nothing doubled."""
+    daemons.start()
+    client = {**daemons.env, "SOUL_MODEL": "/no/such/model"}  # only the daemon thinks
+    said = {f"words {i} in c{i % 4}": f"c{i % 4}" for i in range(20)}
+    began, cpu = time.monotonic(), cpu_of_children()
+    processes = {words: subprocess.Popen([*SOUL, "say", *(["--json"] if n % 2 else []), "-c", conversation, words],
+                                         env=client, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for n, (words, conversation) in enumerate(said.items())}
+    outcomes = {words: (p.communicate(timeout=300), p.returncode) for words, p in processes.items()}
+    wall, cpu = time.monotonic() - began, cpu_of_children() - cpu
+    assert all(code == 0 for _, code in outcomes.values()), {w: err for w, ((_, err), code) in outcomes.items() if code}
+
+    perceptions, thoughts = events(app_name, nats_url, "perception"), events(app_name, nats_url, "thought")
+    assert sorted(p.prose for _, p in perceptions) == sorted(said)  # each said once, none lost, none doubled
+    assert len(thoughts) == 20
+    for n, (words, ((out, _), _)) in enumerate(outcomes.items()):  # each client got its own turn's answer
+        [(seq, perception)] = [(s, p) for s, p in perceptions if p.prose == words]
+        [(thought_seq, thought)] = [(s, t) for s, t in thoughts if t.causation_id == perception.id]
+        assert str(perception.originator_id) == said[words]
+        if n % 2:
+            turn = json.loads(out)
+            assert (turn["conversation"], turn["perception_seq"], turn["thought_seq"]) == (said[words], seq,
+                                                                                           thought_seq)
+            assert turn["reply"] == thought.prose
+        else:
+            assert out == thought.prose + "\n"  # streamed piece by piece, none of another client's
+    for conversation in set(said.values()):  # perception, its thought, the next perception, its thought, ...
+        mine = sorted((seq, e) for seq, e in perceptions + thoughts if str(e.originator_id) == conversation)
+        assert [e.type for _, e in mine] == ["perception", "thought"] * 5
+        assert all(t.causation_id == p.id for (_, p), (_, t) in zip(mine[::2], mine[1::2]))
+    served = (max(t.timestamp for _, t in thoughts) - min(p.timestamp for _, p in perceptions)).total_seconds()
+    print(f"CONCURRENT SAYS: 20 clients in {wall:.1f}s using {cpu:.1f}s of CPU; the daemon's 20 turns, first "
+          f"perception to last thought: {served:.1f}s")  # `pytest -s` shows it; docs/reliability.md records them
