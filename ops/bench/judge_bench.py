@@ -205,7 +205,7 @@ def nan_if_none(value: float | None) -> float:
 def report_of(rows: list[dict[str, Any]], scores: dict[str, list[float]], draws: int) -> dict[str, Any]:
     good = [r["rating"] >= GOOD for r in rows]
     own = [i for i, r in enumerate(rows) if r.get("source") == "smollm2"]
-    flaws = sorted({r["flaw"] for r in rows if r["rating"] < GOOD})
+    flaws = sorted({r.get("flaw", "none") for r in rows if r["rating"] < GOOD})
 
     def subset(values: list[float], keep: Callable[[int], bool]) -> float:
         picked = [i for i in range(len(rows)) if keep(i)]
@@ -217,7 +217,7 @@ def report_of(rows: list[dict[str, Any]], scores: dict[str, list[float]], draws:
         lo, hi = interval(values, good, draws)
         judges[name] = {
             "auc": auc(values, good), "ci95": [lo, hi], "smollm2_auc": subset(values, lambda i: i in own),
-            "flaw_auc": {f: subset(values, lambda i, f=f: good[i] or rows[i]["flaw"] == f) for f in flaws},
+            "flaw_auc": {f: subset(values, lambda i, f=f: good[i] or rows[i].get("flaw", "none") == f) for f in flaws},
             "good_mean": float(np.nanmean([v for v, g in zip(values, good) if g])) if any(good) else math.nan,
             "bad_mean": float(np.nanmean([v for v, g in zip(values, good) if not g])) if not all(good) else math.nan,
             "range": [min(present), max(present)] if present else [math.nan, math.nan], "scored": len(present)}

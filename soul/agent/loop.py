@@ -103,7 +103,7 @@ class TurnResult:
     thought_seq: int | None  # the last thought of the turn; None for a chat command
     reply: str
     tool_seqs: tuple[int, ...] = ()  # tool_call and tool_result seqs, in journal order
-    resonance: float | None = None  # combine() of this turn's judges
+    resonance: float | None = None  # combine() of this turn's judges: None while only a user's rating counts
     judges: dict[str, float] = field(default_factory=dict)
     generation: Generation | None = None  # of the last thought
 
