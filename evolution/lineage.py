@@ -5,7 +5,8 @@ correlation id, so the lineage is read from that aggregate alone:
 
     lesson               moment, sources, rule, pairs: rows a moment teaches (evolution/lessons.py)
     curation_sealed      generation, epoch, after_seq, cut, event_ids, scores, corpus, cluster,
-                         lessons, config, config_digest; no event ids is "nothing to curate"
+                         lessons, config, config_digest, outcome; "nothing to curate" when it
+                         names no event, or fewer than min_events
     adapter_trained      generation, epoch, sha256, cache_key, cached, parent_root, rows,
                          rows_sha256, config, seed, environment
     generation_sealed    generation, epoch, root_sha256, tensor_sha256, base_root, adapters,
@@ -104,7 +105,9 @@ def runs(journal: Journal) -> list[Generation]:
             continue
         run, data = str(event.correlation_id), event.data
         if event.type == "curation_sealed":
-            status = "curated" if data["event_ids"] else "nothing to curate"
+            # Too few moments (under min_events) is nothing to curate too, though it names them.
+            curated = data["event_ids"] and data.get("outcome") != "nothing to curate"
+            status = "curated" if curated else "nothing to curate"
             found[run] = Generation(data["generation"], data["epoch"], run, status, curation=data)
         generation = found.get(run)
         if generation is None:  # a step whose curation is missing: not a run this code wrote

@@ -40,6 +40,34 @@ class Entry:
     error: str | None = None
 
 
+def entry_json(entry: Entry, vectors: bool = False) -> dict[str, Any]:
+    """An entry as `soul tail --json` and the soul's page show it; its vector only with `vectors`."""
+    event = entry.event
+    if event is None:
+        return {"seq": entry.seq, "undecodable": True, "error": entry.error,
+                "originator": str(entry.originator_id), "topic": entry.topic}
+    out = {
+        "seq": entry.seq,
+        "time": event.timestamp.isoformat(),
+        "type": event.type,
+        "schema": event.schema,
+        "id": str(event.id),
+        "originator": str(event.originator_id),
+        "version": event.originator_version,
+        "prose": event.prose,
+        "embedder": event.embedder.name,
+        "dim": event.embedder.dim,
+        "norm": round(event.norm, 6),
+        "corpus": event.corpus,
+        "causation": str(event.causation_id) if event.causation_id else None,
+        "correlation": str(event.correlation_id) if event.correlation_id else None,
+        "data": event.data,
+    }
+    if vectors:
+        out["vector"] = event.vector.tolist()
+    return out
+
+
 def to_stored_event(event: BifocalEvent) -> StoredEvent:
     return StoredEvent(
         originator_id=event.originator_id,

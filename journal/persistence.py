@@ -424,6 +424,11 @@ class JetStreamStore:
         read = self._read_direct if count <= 100 and self.replicas == 1 else self._read_consumer
         return await self._patiently(lambda: read(start, count, subject_filter))
 
+    async def read_as_stored(self, start: int, count: int, subject_filter: str) -> tuple[list[Stored], bool]:
+        """`read`, always through a consumer: each message's headers exactly as stored, without
+        the ones DIRECT.GET adds to its replies (what a backup keeps, journal/archive.py)."""
+        return await self._patiently(lambda: self._read_consumer(start, count, subject_filter))
+
     async def _patiently(self, attempt: Any) -> Any:
         """`await attempt()`, again while the server answers nothing or has no stream leader (a
         cluster electing one), for the retry budget; only for what is safe to repeat (reads)."""

@@ -31,6 +31,20 @@ ensure_openblas() {
   fi
 }
 
+ensure_chromium() {
+  # The soul's page is tested in a real headless browser (tests/soul/doors/test_page.py):
+  # Debian's Chromium, which no PyPI wheel provides. Only the tests need it.
+  [ "$(uname -s)" = Linux ] || return 0
+  [ -x /usr/bin/chromium ] && return 0
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "soul: installing Chromium for the page's browser test (first run only)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null \
+      || echo "soul: could not install Chromium; the page's browser test will fail" >&2
+  else
+    echo "soul: the page's browser test needs Chromium: sudo apt-get install chromium" >&2
+  fi
+}
+
 ensure_venv() {
   ensure_openblas
   local stamp="$venv/.soul-installed"

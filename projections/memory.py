@@ -16,6 +16,11 @@ run agree and re-applying a page changes nothing. `resonance` is `projections.re
 those scores (the one rule), `resonance_seq` the seq of the newest judgement counted. A partial
 index on seq over the rows with resonance >= HIGH serves the similarity judge's centroid.
 
+A corpus chunk also keeps where it comes from, as its event's data says: `path` (the file, relative
+to the corpus's folder) and `first_line`, `last_line` (1-based, inclusive), so a hit can say
+`corpus:path:first-last`; they are NULL for other events, and the lines for a chunk whose data
+holds no pair of line numbers.
+
 The vector column is `vector(384)`, the default embedder's dimension. An event embedded with
 another dimension is still remembered, with its vector NULL: keyword search finds it, semantic
 search cannot (`unembedded` counts those rows). Changing `dim` changes the schema: bump `version`.
@@ -48,6 +53,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from journal.event import BifocalEvent
 from journal.journal import Entry
 from projections.base import Projection
 from projections.resonance import HIGH, combine
@@ -64,12 +70,13 @@ SPLIT = "./:"  # characters read as spaces in the second half of `words` (and of
 # in both halves barely gain rank from it.
 WORDS = (f"setweight(to_tsvector('simple', prose), 'A') || CASE WHEN prose ~ '[{SPLIT}][[:alnum:]_]' "
          f"THEN to_tsvector('simple', translate(prose, '{SPLIT}', '{' ' * len(SPLIT)}')) ELSE ''::tsvector END")
-COLUMNS = ("seq", "id", "time", "type", "prose", "vector", "embedder", "corpus")
+COLUMNS = ("seq", "id", "time", "type", "prose", "vector", "embedder", "corpus", "path", "first_line", "last_line")
+COPY_TYPES = ("bigint", "uuid", "timestamptz", "text", "text", "vector", "text", "text", "text", "int4", "int4")
 
 
 class Memory(Projection):
     name = "memory"
-    version = 5
+    version = 6
     types = (*REMEMBERED, "resonance", *FORGOTTEN)
     dim = 384
 
@@ -78,6 +85,7 @@ class Memory(Projection):
             "CREATE TABLE {table} ("
             " seq bigint PRIMARY KEY, id uuid NOT NULL, time timestamptz NOT NULL, type text NOT NULL,"
             " prose text NOT NULL, vector vector({dim}), embedder text NOT NULL, corpus text,"
+            " path text, first_line int, last_line int,"
             " resonance real, resonance_seq bigint, judges jsonb,"
             " words tsvector GENERATED ALWAYS AS ({words}) STORED)"
         ).format(table=table, dim=sql.Literal(self.dim), words=sql.SQL(WORDS)))
@@ -92,12 +100,12 @@ class Memory(Projection):
         if rows:
             with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
                     table, sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))) as copy:
-                copy.set_types(["bigint", "uuid", "timestamptz", "text", "text", "vector", "text", "text"])
+                copy.set_types(COPY_TYPES)
                 for row in rows:
                     copy.write_row(row)
         self._judge(cur, table, [e for e in entries if e.topic == "resonance"])
         self._forget(cur, table, [e for e in entries if e.topic in FORGOTTEN])
-        corpora = {row[-1] for row in rows} - {None}
+        corpora = {row[COLUMNS.index("corpus")] for row in rows} - {None}
         if corpora:
             relname, existing = self._indexes(cur, table)
             if f"{relname}_vector" in existing:  # finished: index a new corpus as it comes; else `finish` will
@@ -122,7 +130,8 @@ class Memory(Projection):
         event = e.event
         assert event is not None  # the runner passes decoded entries only
         vector = event.vector if event.embedder.dim == self.dim else None
-        return (e.seq, event.id, event.timestamp, event.type, event.prose, vector, event.embedder.name, event.corpus)
+        return (e.seq, event.id, event.timestamp, event.type, event.prose, vector, event.embedder.name, event.corpus,
+                *place(event))
 
     def _judge(self, cur: psycopg.Cursor[Any], table: sql.Identifier, judgements: Sequence[Entry]) -> None:
         latest: dict[uuid.UUID, dict[str, tuple[float, int]]] = {}
@@ -218,6 +227,16 @@ def remembered(e: Entry) -> bool:
     """Whether memory holds entry `e` (decoded): a remembered type, and no copy of memories."""
     copy = e.topic == "tool_result" and e.event.data.get("tool") in COPIES  # type: ignore[union-attr]
     return e.topic in REMEMBERED and not copy
+
+
+def place(event: BifocalEvent) -> tuple[str | None, int | None, int | None]:
+    """Where a corpus chunk comes from: (path, first line, last line) from its data; Nones for an
+    event of no corpus, and no lines when its data holds no pair of line numbers."""
+    if event.corpus is None or "path" not in event.data:
+        return None, None, None
+    lines = event.data.get("lines")
+    pair = isinstance(lines, list) and len(lines) == 2 and all(type(n) is int and 0 < n < 2**31 for n in lines)
+    return (str(event.data["path"]), *(lines if pair else (None, None)))
 
 
 def corpus_key(corpus: str) -> str:

@@ -189,11 +189,17 @@ class ProjectionRunner:
         if row is None:
             raise _Swapped(table)
         position = int(row[0])
-        # The end as of now: while events arrive faster than this projection applies them, a
-        # caller (a turn catching its window up) must get an answer, not chase the end forever.
-        end = self.journal.last_seq()
-        entries = itertools.takewhile(lambda e: e.seq <= end, self.journal.read(since=position + 1))
-        for page in _pages(entries, self.page):
+        entries = self.journal.read(since=position + 1)
+        first = list(itertools.islice(entries, self.page))
+        if len(first) < self.page:  # the whole backlog in one page: the usual poll, one request
+            end = first[-1].seq if first else position
+            pages: Iterable[list[Entry]] = [first] if first else []
+        else:
+            # The end as of now: while events arrive faster than this projection applies them, a
+            # caller (a turn catching its window up) must get an answer, not chase the end forever.
+            end = self.journal.last_seq()
+            pages = _pages(itertools.chain(first, itertools.takewhile(lambda e: e.seq <= end, entries)), self.page)
+        for page in pages:
             with self.conn.transaction(), self.conn.cursor() as cur:
                 position = self._apply(cur, table, page)
             if progress:

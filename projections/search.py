@@ -46,9 +46,23 @@ class Hit:
     prose: str
     id: uuid.UUID
     corpus: str | None
+    path: str | None  # a corpus chunk's file, relative to its corpus's folder
+    first_line: int | None  # the chunk's lines in it, 1-based, inclusive
+    last_line: int | None
     resonance: float | None
     semantic_rank: int | None  # 1-based place in each list; None when not in it
     keyword_rank: int | None
+
+    @property
+    def lines(self) -> tuple[int, int] | None:
+        return None if self.first_line is None or self.last_line is None else (self.first_line, self.last_line)
+
+    @property
+    def where(self) -> str | None:
+        """Where a corpus chunk comes from, as `corpus:path:first-last`; None for other memories."""
+        if self.corpus is None or self.path is None:
+            return None
+        return f"{self.corpus}:{self.path}" + (f":{self.lines[0]}-{self.lines[1]}" if self.lines else "")
 
 
 _SEMANTIC = """
@@ -76,7 +90,8 @@ FROM semantic s FULL JOIN keyword k USING (seq)""",
 
 _SEARCH = """
 WITH semantic AS ({semantic}), keyword AS ({keyword}), fused AS ({fused})
-SELECT f.seq, f.score, m.type, m.time, m.prose, m.id, m.corpus, m.resonance, f.semantic_rank, f.keyword_rank
+SELECT f.seq, f.score, m.type, m.time, m.prose, m.id, m.corpus, m.path, m.first_line, m.last_line, m.resonance,
+       f.semantic_rank, f.keyword_rank
 FROM fused f JOIN {memory} m USING (seq) ORDER BY f.score DESC, f.seq DESC LIMIT %(limit)s"""
 
 

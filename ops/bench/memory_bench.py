@@ -63,7 +63,7 @@ from psycopg import sql  # noqa: E402
 from journal.event import BifocalEvent, Embedder  # noqa: E402
 from journal.journal import Journal  # noqa: E402
 from projections.base import schema_for  # noqa: E402
-from projections.memory import COLUMNS, Memory  # noqa: E402
+from projections.memory import COLUMNS, COPY_TYPES, Memory, place  # noqa: E402
 from projections.postgres import connect  # noqa: E402
 from projections.runner import ProjectionRunner  # noqa: E402
 from projections.search import DEPTH, EF_SEARCH, RRF_K, search  # noqa: E402
@@ -219,7 +219,7 @@ def final_rows(data: Data, seqs: list[int]) -> list[tuple[Any, ...]]:
         if event.type != "resonance":
             score, judged_at = judged.get(str(event.id), (None, None))
             rows.append((seq, event.id, event.timestamp, event.type, event.prose, event.vector, event.embedder.name,
-                         event.corpus, score, judged_at))
+                         event.corpus, *place(event), score, judged_at))
     return rows
 
 
@@ -233,7 +233,7 @@ def raw_copy(conn: psycopg.Connection[Any], schema: str, rows: list[tuple[Any, .
         memory.create(cur, table)
         columns = sql.SQL(", ").join(map(sql.Identifier, (*COLUMNS, "resonance", "resonance_seq")))
         with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(table, columns)) as copy:
-            copy.set_types(["bigint", "uuid", "timestamptz", "text", "text", "vector", "text", "text", "real", "bigint"])
+            copy.set_types([*COPY_TYPES, "real", "bigint"])
             for row in rows:
                 copy.write_row(row)
     copied = time.perf_counter() - t
@@ -273,7 +273,7 @@ def bench_rebuild(journal: Journal, pg_url: str, data: Data, seqs: list[int], re
     table = figures["table"]
     check = conn.execute(sql.SQL("SELECT count(*) FILTER (WHERE resonance IS NOT NULL), count(DISTINCT corpus) FROM {}").format(
         Memory.view(app))).fetchone()
-    assert check == (sum(r[8] is not None for r in rows), len(CORPORA)), check
+    assert check == (sum(r[len(COLUMNS)] is not None for r in rows), len(CORPORA)), check
     conn.close()
     rebuild_s = statistics.median(sum(r) for r in rebuilds)
     raw_s = statistics.median(sum(r) for r in raws)

@@ -6,7 +6,8 @@ A turn, every step a bifocal event on the journal:
 2. the context window, assembled from the projections (soul/agent/context.py), which are first
    brought up to date with the journal;
 3. the thought, streamed (data: model, generation, context fingerprint, token counts,
-   first-token latency; caused by the perception; its vector is the reply's embedding);
+   first-token latency, and the sampling it was generated with: temperature, seed, max_tokens;
+   caused by the perception; its vector is the reply's embedding);
 4. tool calls parsed from the thought (models with tool calling), each a `tool_call` and a
    `tool_result`, then a further thought that sees the results (at most `tool_rounds`);
 5. resonance: the self judge and the similarity judge (soul/agent/judges.py).
@@ -153,7 +154,8 @@ class Soul:
         # A reply takes at most a quarter of the model's context; the window leaves room for it
         # and for the self judge's question.
         self.max_tokens = min(config.max_tokens, mind.max_context // 4)
-        self.reserve = self.max_tokens + len(mind.encode([{"role": "user", "content": SELF_QUESTION}]))
+        self.question_tokens = len(mind.encode([{"role": "user", "content": SELF_QUESTION}]))
+        self.reserve = self.max_tokens + self.question_tokens
         self.budget = min(config.budget, mind.max_context - self.reserve)
 
     @classmethod
@@ -198,15 +200,30 @@ class Soul:
     # -- the turn --------------------------------------------------------------------------
 
     def turn(self, prose: str, *, source: str = "user", conversation: str | None = None,
-             on_token: Callable[[str], None] | None = None, memory: bool = True) -> TurnResult:
+             on_token: Callable[[str], None] | None = None, memory: bool = True,
+             max_tokens: int | None = None, temperature: float | None = None) -> TurnResult:
         """Perceive `prose` from `source` in `conversation` and answer it (or run a chat command).
-        Without `memory` the mind answers from its weights alone (see `answer`)."""
+        Without `memory` the mind answers from its weights alone; `max_tokens` and `temperature`
+        replace the soul's own for this turn (see `answer`)."""
         conversation = conversation or self.conversation
         if source == "user" and prose.startswith("/"):
             return self.command(prose, conversation)
+        self.sampling(max_tokens, temperature)  # a bad setting journals no perception either
         seq, perception = self.perceive(prose, source=source, conversation=conversation)
         return self.answer(Entry(seq, perception.originator_id, perception.type, 0, perception), on_token=on_token,
-                           memory=memory)
+                           memory=memory, max_tokens=max_tokens, temperature=temperature)
+
+    def sampling(self, max_tokens: int | None = None, temperature: float | None = None) -> dict[str, Any]:
+        """How a reply is generated: the soul's own settings, or those given (TurnError when out of
+        range). A thought's data holds them, since they decide its words with the prompt and weights."""
+        cap = self.mind.max_context // 4  # as for the soul's own: the window keeps the rest
+        if max_tokens is not None and not 1 <= max_tokens <= cap:
+            raise TurnError(f"a reply takes 1 to {cap} tokens with this model (a quarter of its context); "
+                            f"{max_tokens} asked")
+        if temperature is not None and not temperature >= 0:
+            raise TurnError(f"the temperature is at least 0 (0: greedy); {temperature} asked")
+        return {"temperature": self.mind.temperature if temperature is None else temperature, "seed": self.mind.seed,
+                "max_tokens": self.max_tokens if max_tokens is None else max_tokens}
 
     def perceive(self, prose: str, *, source: str = "user", conversation: str | None = None) -> tuple[int, BifocalEvent]:
         """Journal a perception (redacted, embedded); its seq and event. Empty words are refused
@@ -230,20 +247,23 @@ class Soul:
         return next(self.journal.read(since=seq, limit=1), None)
 
     def answer(self, perception: Entry, *, on_token: Callable[[str], None] | None = None,
-               memory: bool = True) -> TurnResult:
+               memory: bool = True, max_tokens: int | None = None, temperature: float | None = None) -> TurnResult:
         """Think about a journaled perception: thoughts, tool calls, resonance. Without `memory`
         the window holds the self-definition and the perception alone, and no tools are offered
         (recall would bring memory back): what the weights know by heart. The thought's data then
-        says `"window": "no-memory"`."""
+        says `"window": "no-memory"`. `max_tokens` and `temperature` (0: greedy) replace the soul's
+        own for this answer; a longer reply leaves the window less room."""
         event = perception.event
         assert event is not None
+        sampling = self.sampling(max_tokens, temperature)
         conversation = str(event.originator_id)
         self.pin_default_self()
         cause, tool_seqs = event, []
         for _ in range(self.config.tool_rounds + 1):
-            context, messages = self.window(conversation, event.vector, memory=memory)
-            generation = self.mind.generate(messages, max_tokens=self.max_tokens, on_token=on_token,
-                                            tools=self.tool_schemas(memory))
+            context, messages = self.window(conversation, event.vector, memory=memory,
+                                            reserve=sampling["max_tokens"] + self.question_tokens)
+            generation = self.mind.generate(messages, max_tokens=sampling["max_tokens"], on_token=on_token,
+                                            tools=self.tool_schemas(memory), temperature=sampling["temperature"])
             thought_seq, thought = self.journal.add(BifocalEvent(
                 "thought", generation.text, self.embedder.embed([generation.text])[0], self.embedder.id, conversation,
                 causation_id=cause.id, correlation_id=event.correlation_id or event.id,
@@ -251,7 +271,7 @@ class Soul:
                       "prompt_tokens": generation.prompt_tokens, "reused_tokens": generation.reused_tokens,
                       "generated_tokens": generation.generated_tokens, "first_token_s": round(generation.first_token_s, 4),
                       "tokens_per_s": round(generation.tokens_per_s, 2), "finish": generation.finish_reason,
-                      **({} if memory else {"window": "no-memory"})}))
+                      "sampling": sampling, **({} if memory else {"window": "no-memory"})}))
             calls = self.mind.tool_calls(generation.text) if memory else []
             if not calls:
                 break
@@ -264,11 +284,13 @@ class Soul:
                           combine(judges), judges, generation)
 
     def window(self, conversation: str, vector: np.ndarray | None, *, memory: bool = True,
-               read_only: bool = False) -> tuple[Context, list[dict[str, str]]]:
-        """The context window and its messages, within the budget and the model's context;
-        `vector` is the newest turn's, for the retrievals. Without `memory`: the self-definition
-        and the newest turn alone (context.by_heart). `read_only` journals no summary of the
-        turns that no longer fit (they stay in `Context.evictions`): a look, as `soul window`."""
+               read_only: bool = False, reserve: int | None = None) -> tuple[Context, list[dict[str, str]]]:
+        """The context window and its messages, within the budget and the model's context less
+        `reserve` tokens (default: the soul's reply and the self judge's question); `vector` is the
+        newest turn's, for the retrievals. Without `memory`: the self-definition and the newest
+        turn alone (context.by_heart). `read_only` journals no summary of the turns that no longer
+        fit (they stay in `Context.evictions`): a look, as `soul window`."""
+        reserve = self.reserve if reserve is None else reserve
         self.catch_up()
         context = self._assemble(conversation, vector, self.budget, memory)
         if context.evictions and not read_only:
@@ -287,7 +309,7 @@ class Soul:
         budget = self.budget
         while True:
             messages = messages_of(context, DEFAULT_SELF)
-            over = len(self.mind.encode(messages, self.tool_schemas(memory))) + self.reserve - self.mind.max_context
+            over = len(self.mind.encode(messages, self.tool_schemas(memory))) + reserve - self.mind.max_context
             if over <= 0:
                 return context, messages
             budget -= over

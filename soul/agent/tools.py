@@ -108,7 +108,8 @@ def recall(soul: ToolHost, arguments: dict[str, Any]) -> str:
     for h in hits:
         prose = " ".join(h.prose.split())
         prose = prose if len(prose) <= RECALL_EXCERPT else prose[: RECALL_EXCERPT - 1] + "…"
-        lines.append(f"[{h.seq} {h.type}{' ' + h.corpus if h.corpus else ''}] {prose}")
+        where = h.where or h.corpus  # a corpus chunk: corpus:path:first-last
+        lines.append(f"[{h.seq} {h.type}{' ' + where if where else ''}] {prose}")
     return "\n".join(lines)
 
 

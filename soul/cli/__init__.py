@@ -20,6 +20,7 @@ from journal.embedded import ServiceError
 from journal.errors import one_line
 from journal.event import EventError
 from projections.postgres import OperationalError
+from soul.cli.backup import backup, restore
 from soul.cli.daemon import daemon, message
 from soul.cli.doctor import doctor
 from soul.cli.evolution import evolve, export, forget, generations, replay
@@ -47,7 +48,25 @@ class SoulGroup(click.Group):
             ctx.exit(130)
 
 
+def show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """--version: soul's, and mlx's and mlx-lm's, on whose versions a generation's bytes depend."""
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    click.echo(f"soul {of('soul')} (mlx {of('mlx')}, mlx-lm {of('mlx-lm')})")
+    ctx.exit()
+
+
 @click.group(cls=SoulGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=show_version,
+              help="Print the versions of soul, mlx and mlx-lm, and exit.")
 @click.option("--nats", "nats_url", envvar="SOUL_NATS_URL", metavar="URL[,URL...]",
               help="External NATS server(s); default: the embedded server under SOUL_HOME.")
 @click.option("--home", envvar="SOUL_HOME", type=click.Path(file_okay=False), metavar="DIR",
@@ -66,7 +85,7 @@ def main(ctx: click.Context, nats_url: str | None, home: str | None, app: str) -
 
 
 for command in (run, perceive, tail, journal, search, corpus, projections, say, chat, rate, window, daemon, message,
-                mcp, evolve, generations, replay, export, forget, doctor, services):
+                mcp, evolve, generations, replay, export, forget, backup, restore, doctor, services):
     main.add_command(command)
 
 

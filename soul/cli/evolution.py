@@ -14,6 +14,7 @@ import orjson
 
 from evolution.lineage import Generation, LineageError, chain, find, lineage, runs
 from evolution.merge_config import MergeConfigError
+from evolution.plot import lineage_svg, sealed
 from evolution.store import GenerationStore, StoreError
 from journal.embedded import soul_home
 from journal.event import NO_EMBEDDER, BifocalEvent
@@ -147,8 +148,9 @@ def _outcome_line(outcome) -> str:
 
 @click.command()
 @json_option("Print the result as JSON.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
-              help="Also draw drift and evaluation across the promoted generations into a PNG.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.svg",
+              help="Also chart drift, anchor perplexity and curated loss per generation (the guard's bounds and "
+                   "rejected runs marked) as an SVG, which any browser opens.")
 @click.pass_context
 def generations(ctx: click.Context, as_json: bool, plot_path: str | None) -> None:
     """The lineage: every generation of the soul's weights, its rejected and interrupted runs too.
@@ -158,6 +160,8 @@ def generations(ctx: click.Context, as_json: bool, plot_path: str | None) -> Non
     and status. The active generation is marked with *. The runs of earlier epochs, which
     `soul evolve --rebuild` replaced (after `soul forget`), come first, marked superseded.
     """
+    if plot_path and Path(plot_path).suffix.lower() != ".svg":
+        raise click.ClickException(f"--plot writes an SVG chart: name the file FILE.svg, not {plot_path}")
     journal = open_journal(ctx)
     every = [r for r in runs(journal) if r.status != "nothing to curate"]
     epoch = max((r.epoch for r in every), default=0)
@@ -173,9 +177,13 @@ def generations(ctx: click.Context, as_json: bool, plot_path: str | None) -> Non
     if not every and not as_json:
         click.echo("no generations yet: the soul runs on its base weights W0; `soul evolve` makes gen-1", err=True)
     if plot_path:
-        promoted = chain([g for g in every if g.epoch == epoch])
-        _plot(Path(plot_path), promoted)
-        click.echo(f"drift and evaluation of {len(promoted)} generations drawn to {plot_path}", err=True)
+        current_runs = [g for g in every if g.epoch == epoch]
+        chart = lineage_svg(current_runs)
+        if chart is None:
+            raise click.ClickException("no sealed generation to plot yet: `soul evolve` makes gen-1")
+        Path(plot_path).write_text(chart)
+        count = len(sealed(current_runs))
+        click.echo(f"lineage charted in {plot_path}: {count} sealed run{'' if count == 1 else 's'}", err=True)
 
 
 def _generation_row(g: Generation, active_root: str | None, epoch: int) -> dict[str, Any]:
@@ -206,21 +214,6 @@ def _format_generation(row: dict[str, Any]) -> str:
     return (f"{'*' if row['active'] else ' '} {row['generation']:<7} cut {row['cut']:>8}  events {row['events']:>5}  "
             f"adapter {short(row['adapter_sha256']):<12}  root {short(row['root_sha256']):<12}  drift {drift:<9} "
             f"{evaluation:<34}  {status}")
-
-
-def _plot(path: Path, promoted: list[Generation]) -> None:
-    from evolution.plot import Panel, plot
-
-    if not promoted:
-        raise click.ClickException("no promoted generation to plot yet")
-    drift = [max(g.seal["drift"].values()) for g in promoted]
-    ppl = [g.seal["perplexity"]["after"] / g.seal["perplexity"]["base"] for g in promoted]
-    loss = [g.seal["loss"]["after"] / g.seal["loss"]["before"] for g in promoted]
-    last = promoted[-1].curation["config"]
-    plot(path, [g.number for g in promoted], [
-        Panel("largest drift from w0", {"drift": drift}, last["max_drift"]),
-        Panel("ratios", {"anchor ppl / w0": ppl, "loss after / before": loss}, last["max_perplexity_ratio"]),
-    ])
 
 
 # -- replay ----------------------------------------------------------------------------------

@@ -5,13 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Any
 
 import click
 import orjson
 
 from journal.event import BifocalEvent
-from journal.journal import PAGE, Entry
+from journal.journal import PAGE, Entry, entry_json
 from journal.secrets import redact_secrets
 from soul.cli.options import default_embedder, json_option, not_empty, open_journal
 
@@ -70,33 +69,6 @@ def format_line(entry: Entry) -> str:
         f"{entry.seq:>8}  {event.timestamp:%Y-%m-%d %H:%M:%S}  {event.type:<16}  {origin:<24}  "
         f"{excerpt!r}  [{event.embedder.dim}d |v|={event.norm:.3f}]"
     )
-
-
-def entry_json(entry: Entry, vectors: bool = False) -> dict[str, Any]:
-    event = entry.event
-    if event is None:
-        return {"seq": entry.seq, "undecodable": True, "error": entry.error,
-                "originator": str(entry.originator_id), "topic": entry.topic}
-    out = {
-        "seq": entry.seq,
-        "time": event.timestamp.isoformat(),
-        "type": event.type,
-        "schema": event.schema,
-        "id": str(event.id),
-        "originator": str(event.originator_id),
-        "version": event.originator_version,
-        "prose": event.prose,
-        "embedder": event.embedder.name,
-        "dim": event.embedder.dim,
-        "norm": round(event.norm, 6),
-        "corpus": event.corpus,
-        "causation": str(event.causation_id) if event.causation_id else None,
-        "correlation": str(event.correlation_id) if event.correlation_id else None,
-        "data": event.data,
-    }
-    if vectors:
-        out["vector"] = event.vector.tolist()
-    return out
 
 
 @click.group()

@@ -52,7 +52,8 @@ def search(ctx: click.Context, query: str, corpus: str | None, mode: str, limit:
     """Search the soul's memory for QUERY, best first.
 
     Brings the memory projection up to date with the journal first. One line per hit: score,
-    type, time (UTC), journal sequence, and an excerpt around the first word of QUERY it holds.
+    type, time (UTC), journal sequence, where a corpus chunk comes from (corpus:path:first-last)
+    and an excerpt around the first word of QUERY it holds.
     Keyword queries take web-search syntax: "a phrase", or, -word.
     """
     app = app_of(ctx)
@@ -92,7 +93,9 @@ def excerpt(prose: str, query: str, width: int = EXCERPT) -> str:
 
 
 def format_hit(hit: Hit, query: str) -> str:
-    return f"{hit.score:8.4f}  {hit.type:<14}  {hit.time:%Y-%m-%d %H:%M:%S}  {hit.seq:>8}  {excerpt(hit.prose, query)!r}"
+    where = f"{hit.where}  " if hit.where else ""  # a corpus chunk: corpus:path:first-last
+    return (f"{hit.score:8.4f}  {hit.type:<14}  {hit.time:%Y-%m-%d %H:%M:%S}  {hit.seq:>8}  {where}"
+            f"{excerpt(hit.prose, query)!r}")
 
 
 def hit_json(hit: Hit) -> dict[str, Any]:
@@ -103,6 +106,8 @@ def hit_json(hit: Hit) -> dict[str, Any]:
         "seq": hit.seq,
         "id": str(hit.id),
         "corpus": hit.corpus,
+        "path": hit.path,
+        "lines": hit.lines,  # [first, last]
         "resonance": hit.resonance,
         "semantic_rank": hit.semantic_rank,
         "keyword_rank": hit.keyword_rank,

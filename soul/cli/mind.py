@@ -1,29 +1,37 @@
 """`soul run`, `soul say`, `soul chat`, `soul rate`, `soul window`: talking to the soul
 (soul/agent/loop.py), rating what it said, and looking at the window it thinks in. Where the
-soul runs is `open_soul`'s choice (soul/cli/options.py).
+soul runs is `open_soul`'s choice (soul/cli/options.py). On a terminal `soul chat` edits lines
+with readline and keeps what was typed in $SOUL_HOME/chat_history, so the up arrow reaches
+earlier sessions' lines too.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 import orjson
 
+from journal.embedded import soul_home
 from journal.journal import Journal
+from journal.secrets import redact_secrets
 from projections.memory import Memory
 from projections.runner import ProjectionRunner
 from soul.agent.judges import rate as rate_event
 from soul.agent.context import count
-from soul.agent.loop import DEFAULT_SELF, Soul, TurnResult
+from soul.agent.loop import DEFAULT_SELF, Soul, SoulConfig, TurnResult
 from soul.cli.options import (app_of, as_option, conversation_option, default_embedder, json_option, mind_errors,
                               model_option, no_memory_option, not_empty, open_soul)
 
 PROMPT = "you> "
 SPEAKER = "soul> "
+HISTORY = "chat_history"  # under SOUL_HOME: the lines typed in `soul chat`, redacted
+HISTORY_LINES = 1000
 FIRST_WORDS = (
     "Hello! Who are you, in one sentence?",
     "What is one thing you will remember about this conversation?",
@@ -83,17 +91,36 @@ def run(ctx: click.Context, model: Path | None) -> None:
     click.echo(f"{events} events journaled. Talk on with `soul chat`; watch each step with `soul tail`.", err=True)
 
 
+max_tokens_option = click.option(
+    "--max-tokens", type=click.IntRange(min=1), metavar="N",
+    help=f"A reply takes at most N tokens. Default: {SoulConfig.max_tokens} (at most a quarter of the model's context).")
+temperature_option = click.option(
+    "--temperature", type=click.FloatRange(min=0), metavar="T",
+    help="Sample replies at temperature T, seeded, so the same prompt gives the same words. "
+         "Default: 0, greedy. Journaled with each thought.")
+
+
+def prose_or_stdin(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """PROSE, or everything standard input holds when PROSE is `-`; blank words are refused."""
+    if value == "-":
+        value = sys.stdin.read().rstrip()
+    return not_empty(ctx, param, value)
+
+
 @click.command()
-@click.argument("prose", callback=not_empty)
+@click.argument("prose", callback=prose_or_stdin)
 @conversation_option
 @model_option
 @as_option
 @no_memory_option
+@max_tokens_option
+@temperature_option
 @json_option("Print the turn as one JSON object instead of streaming the reply.")
 @click.pass_context
 def say(ctx: click.Context, prose: str, conversation: str, model: Path | None, as_generation: str | None,
-        no_memory: bool, as_json: bool) -> None:
-    """Say PROSE to the soul and print its reply as it is generated (one turn).
+        no_memory: bool, max_tokens: int | None, temperature: float | None, as_json: bool) -> None:
+    """Say PROSE to the soul and print its reply as it is generated (one turn). PROSE `-`
+    reads the words from standard input: `git diff | soul say -`.
 
     The perception, the thought, tool calls and resonance judgements are journaled; a
     chat command (`/help` lists them) runs its tool instead. The conversation goes on across
@@ -104,7 +131,7 @@ def say(ctx: click.Context, prose: str, conversation: str, model: Path | None, a
             answer_pending(soul, conversation)
         command = prose.startswith("/")
         result = soul.turn(prose, conversation=conversation, on_token=None if as_json or command else stream_to(sys.stdout),
-                           memory=not no_memory)
+                           memory=not no_memory, max_tokens=max_tokens, temperature=temperature)
     if as_json:
         click.echo(orjson.dumps(result.as_dict()).decode())
     else:
@@ -116,11 +143,16 @@ def say(ctx: click.Context, prose: str, conversation: str, model: Path | None, a
 @model_option
 @as_option
 @no_memory_option
+@max_tokens_option
+@temperature_option
 @click.pass_context
-def chat(ctx: click.Context, conversation: str, model: Path | None, as_generation: str | None, no_memory: bool) -> None:
+def chat(ctx: click.Context, conversation: str, model: Path | None, as_generation: str | None, no_memory: bool,
+         max_tokens: int | None, temperature: float | None) -> None:
     """Talk with the soul: replies stream as they are generated; `/help` lists the commands.
-    Ctrl-D (or Ctrl-C) leaves; the conversation stays in the journal for next time."""
-    with open_soul(ctx, model, as_generation) as soul:
+    Ctrl-D (or Ctrl-C) leaves; the conversation stays in the journal for next time. On a
+    terminal the up arrow brings back lines typed here, in this session or earlier ones
+    ($SOUL_HOME/chat_history, secrets redacted)."""
+    with open_soul(ctx, model, as_generation) as soul, history(soul_home() / HISTORY) as keep:
         try:  # the banner inside: a Ctrl-C the moment it is shown still leaves with "bye"
             click.echo(f"soul {soul.app}, conversation {conversation!r}, thinking with {soul.mind.model_id}"
                        f"{' without memory' if no_memory else ''}; /help for commands, Ctrl-D to leave", err=True)
@@ -131,11 +163,12 @@ def chat(ctx: click.Context, conversation: str, model: Path | None, as_generatio
                     break
                 if not line.strip():
                     continue
+                keep(line)
                 command = line.startswith("/")
                 if not command:
                     sys.stdout.write(SPEAKER)
                 result = soul.turn(line, conversation=conversation, on_token=None if command else stream_to(sys.stdout),
-                                   memory=not no_memory)
+                                   memory=not no_memory, max_tokens=max_tokens, temperature=temperature)
                 show(result, streamed=not command)
         except KeyboardInterrupt:  # mid-turn: the perception is journaled; the next session answers it
             click.echo()
@@ -175,6 +208,41 @@ def window(ctx: click.Context, conversation: str, model: Path | None, as_generat
                f"of the model's {soul.mind.max_context}")
     for first, last in context.evictions:
         click.echo(f"turns {first}..{last} no longer fit: the next turn summarises them")
+
+
+@contextmanager
+def history(path: Path) -> Iterator[Callable[[str], None]]:
+    """On a terminal, readline's history loaded from `path` (its newest HISTORY_LINES lines);
+    yields what keeps a line just read: appended to `path` at once, so a killed session keeps its
+    lines and two sessions do not overwrite each other's. Lines are kept as the journal keeps
+    them, secrets redacted (journal/secrets.py), in a file only its owner can read."""
+    if not sys.stdin.isatty():
+        yield lambda line: None
+        return
+    import readline
+
+    def keep(line: str) -> None:  # input() has put `line` in the history: redact it there, then save it
+        text, kinds = redact_secrets(line)
+        if kinds:
+            readline.replace_history_item(readline.get_current_history_length() - 1, text)
+        try:
+            readline.append_history_file(1, path)
+        except OSError:
+            pass
+
+    readline.set_history_length(HISTORY_LINES)
+    try:
+        readline.read_history_file(path)
+    except OSError:  # none yet, or unreadable: this session starts with no history
+        pass
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        readline.write_history_file(path)  # trimmed to HISTORY_LINES
+        os.chmod(path, 0o600)
+        writable = True
+    except OSError:  # a home we cannot write to: history for this session only
+        writable = False
+    yield keep if writable else lambda line: None
 
 
 def read_line() -> str | None:

@@ -8,11 +8,15 @@
   (`soul.<app>.>`). The daemon answers each request on its reply inbox with `accepted`, then
   one `token` message per streamed piece of text, then `done` (the turn's result as JSON) or
   `error` (one line); the `Soul-Part` header says which. A request is JSON: prose, source,
-  conversation and memory (false: a turn without memory, Soul.answer's). Turns run one at a
-  time, in arrival order, on the main thread.
+  conversation, memory (false: a turn without memory, Soul.answer's), max_tokens and
+  temperature (null: the soul's own). Turns run one at a time, in arrival order, on the main thread.
 - **Peers**: packets from other souls are taken from the inbox (soul/doors/peers.py) by a thread that
   hands them to the main thread, which journals each once and answers it like any perception:
   all of the soul's work (journal, embedder, mind) happens on the main thread.
+- **MCP**: the external agents the soul calls (soul/doors/mcp_client.py) keep one session per
+  server for the daemon's life, reused across turns and closed when it stops.
+- **HTTP** (opt-in, soul/doors/http.py): an OpenAI-compatible API served by uvicorn on a thread
+  of its own; its chat completions join the same queue as NATS turns, for the main thread.
 - **Evolution** (opt-in): when idle, it runs the evolution cadence it was given (a weekly
   `soul evolve`, evolution/cadence.py); turns that come meanwhile wait for it.
 - **State**: none of its own. On start it answers the perceptions a crash left unanswered; on
@@ -24,6 +28,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import logging
@@ -35,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -44,7 +49,13 @@ from journal.errors import one_line
 from journal.journal import Journal
 from journal.subjects import turn_subject
 from projections.turns import Turns, unanswered
+from soul.doors.mcp_client import kept_sessions
 from soul.doors.peers import ACK_WAIT, Inbox
+
+if TYPE_CHECKING:
+    import socket
+
+    from soul.doors.http import Asked, HttpDoor, Selves, Server
 
 log = logging.getLogger("soul.daemon")
 
@@ -142,9 +153,10 @@ class Daemon:
     """Serves the turns of soul `app` from `home` until SIGTERM or SIGINT."""
 
     def __init__(self, app: str, home: Path, open_soul: Callable[[], Any],
-                 evolve: Callable[[Journal], Any] | None = None):
+                 evolve: Callable[[Journal], Any] | None = None, http: HttpDoor | None = None):
         self.app, self.home, self.open_soul = app, home, open_soul
         self.evolve, self.next_evolve = evolve, 0.0  # evolve(journal): an Outcome, or None when not due
+        self.http, self.http_url = http, None  # the HTTP door asked for; its URL once it serves
         self.lock = DaemonLock(home)
         self.work: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.stopping = threading.Event()
@@ -156,17 +168,29 @@ class Daemon:
         self.lock.acquire()
         previous = {s: signal.signal(s, self.stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            soul = self.open_soul()
-            try:
-                self._serve(soul, on_ready)
-            finally:
-                soul.close()
+            with self._listen() or contextlib.nullcontext() as sock:  # before the model: a taken port fails at once
+                soul = self.open_soul()
+                try:
+                    with kept_sessions(self.home):  # MCP servers the soul calls stay connected between calls
+                        self._serve(soul, sock, on_ready)
+                finally:
+                    soul.close()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             self.lock.release()
 
-    def _serve(self, soul: Any, on_ready: Callable[[str], None]) -> None:
+    def _listen(self) -> socket.socket | None:
+        if self.http is None:
+            return None
+        from soul.doors.mcp_server import listen
+
+        try:
+            return listen(self.http.host, self.http.port)
+        except OSError as e:
+            raise DaemonError(f"cannot listen on {self.http.host}:{self.http.port}: {e.strerror or e}") from None
+
+    def _serve(self, soul: Any, sock: socket.socket | None, on_ready: Callable[[str], None]) -> None:
         connection = soul.journal.bus
         subject = turn_subject(self.app)
 
@@ -179,8 +203,12 @@ class Daemon:
         inbox = Inbox(soul.journal, self.app, soul.embedder)
         inbox_thread = threading.Thread(target=self._take_packets, args=(inbox,), name="soul-inbox", daemon=True)
         inbox_thread.start()
+        server = selves = None
         try:
-            self.lock.write(app=self.app, subject=subject, model=soul.mind.model_id)
+            if sock is not None:
+                server, selves = self._serve_http(soul, sock)
+            self.lock.write(app=self.app, subject=subject, model=soul.mind.model_id,
+                            **({"http": self.http_url} if self.http_url else {}))
             on_ready(subject)
             soul.catch_up(Turns.name)
             for conversation, _ in unanswered(soul.conn, soul.app):
@@ -193,6 +221,8 @@ class Daemon:
                     continue
                 if kind == "turn":
                     self._turn(soul, connection, item)
+                elif kind == "http":
+                    self._http_turn(selves, item)
                 else:
                     self._packet(soul, inbox, *item)
         finally:
@@ -201,6 +231,44 @@ class Daemon:
             inbox_thread.join()
             inbox.close()
             self._refuse_queued(connection)
+            if server is not None:
+                server.stop()  # its open responses end with the refusals just sent
+                self._refuse_queued(connection)  # requests that came meanwhile
+            if selves is not None:
+                selves.close()
+
+    def _serve_http(self, soul: Any, sock: socket.socket) -> tuple[Server, Selves]:
+        """Serve the HTTP door on `sock` (soul/doors/http.py); the server and the selves it talks to."""
+        from soul.doors.http import Selves, Server, build_app
+
+        assert self.http is not None
+        web = build_app(self.app, soul.generation, self._submit_http, self.http.token, self.http.extra_routes(soul),
+                        self.http.open_paths)
+        server = Server(web, sock)
+        self.http_url = server.start()
+        log.info("HTTP at %s/v1%s", self.http_url, " (bearer token required)" if self.http.token else "")
+        return server, Selves(soul, self.home)
+
+    def _submit_http(self, asked: Asked) -> None:
+        """On the server's loop: queue a chat completion for the main thread."""
+        if self.stopping.is_set():
+            asked.refuse("the daemon is stopping; try again when it runs")
+        else:
+            self.work.put(("http", asked))
+
+    def _http_turn(self, selves: Selves, asked: Asked) -> None:
+        try:
+            result = asked.turn(selves, self._checked(asked.token))
+        except Abandoned:
+            asked.refuse("the daemon is stopping; your words are journaled and are answered when it starts again")
+            return
+        except Exception as e:  # the soul goes on; the client gets the reason in OpenAI's error shape
+            if asked.failed(e).status >= 500:
+                log.exception("HTTP turn failed")
+            return
+        log.info("turn in %s over HTTP: perception %s, thought %s", result.conversation, result.perception_seq,
+                 result.thought_seq)
+        asked.done(result)
 
     def _evolve_if_due(self, soul: Any) -> None:
         """When idle, at most once a minute: run the evolution cadence (evolution/cadence.py)."""
@@ -307,7 +375,8 @@ class Daemon:
             return
         try:
             result = soul.turn(prose, source=request.get("source") or "user", conversation=request.get("conversation"),
-                               on_token=self._checked(stream), memory=request.get("memory") is not False)
+                               on_token=self._checked(stream), memory=request.get("memory") is not False,
+                               max_tokens=request.get("max_tokens"), temperature=request.get("temperature"))
         except Abandoned:
             reply("error", b"the daemon is stopping; your words are journaled and are answered when it starts again").result()
             return
@@ -329,6 +398,8 @@ class Daemon:
             if kind == "turn":
                 connection.run(connection.nc.publish(
                     msg.reply, b"the daemon is stopping; try again when it runs", headers={PART: "error"}))
+            elif kind == "http":
+                msg.refuse("the daemon is stopping; try again when it runs")
 
 
 # -- the client ------------------------------------------------------------------------------
@@ -362,16 +433,18 @@ class DaemonClient:
         return None
 
     def turn(self, prose: str, *, source: str = "user", conversation: str | None = None,
-             on_token: Callable[[str], None] | None = None, memory: bool = True) -> Any:
+             on_token: Callable[[str], None] | None = None, memory: bool = True,
+             max_tokens: int | None = None, temperature: float | None = None) -> Any:
         """The turn's result (a TurnResult) as the daemon reports it; tokens go to `on_token`
-        as they come. `memory` as Soul.turn's."""
+        as they come. `memory`, `max_tokens` and `temperature` as Soul.turn's."""
         nc = self.connection.nc
         replies: asyncio.Queue[Any] = asyncio.Queue()
 
         async def start() -> Any:
             inbox = nc.new_inbox()
             sub = await nc.subscribe(inbox, cb=replies.put)
-            request = orjson.dumps({"prose": prose, "source": source, "conversation": conversation, "memory": memory})
+            request = orjson.dumps({"prose": prose, "source": source, "conversation": conversation, "memory": memory,
+                                    "max_tokens": max_tokens, "temperature": temperature})
             await nc.publish(self.subject, request, reply=inbox)
             return sub
 

@@ -1,4 +1,5 @@
-"""The soul's own MCP server (design §7): other agents consult the soul over stdio.
+"""The soul's own MCP server (design §7): other agents consult the soul over stdio, or over
+streamable HTTP at `http://HOST:PORT/mcp`.
 
 Tools, each exposed only when it is on the allow-list:
 
@@ -15,11 +16,21 @@ callable (a call fails as an unknown tool). Perceptions from MCP carry the sourc
 
 The soul is opened on the first call that needs it, and all its work runs on one thread, in
 order: the mind is not for two callers at once.
+
+Over HTTP (the SDK's streamable HTTP app, run by uvicorn) the server listens on loopback by
+default, where the SDK also refuses requests whose Host or Origin is not local (DNS rebinding).
+Given a bearer token, it answers 401 to any request that does not carry it; `soul mcp serve`
+insists on one before it listens beyond loopback. The SDK's own auth is OAuth's resource-server
+role (an issuer, metadata to publish); a shared token needs only the small `BearerToken` here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
+import signal
+import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,12 +38,14 @@ from typing import Any, TypeVar
 
 from journal.errors import one_line
 from soul.agent.tools import ToolError
-from soul.doors.mcp_client import ConfigError, load_config
+from soul.doors.mcp_config import ConfigError, load_config
 
 TOOLS = ("ask", "recall", "mount", "perceive")
 DEFAULT_ALLOW = ("ask", "recall")
 SOURCE = "agent:mcp"
 CONVERSATION = "mcp"
+UNAUTHORIZED = -32001  # JSON-RPC's range for a server's own errors
+REFUSED = "a bearer token is required (Authorization: Bearer <token>)"
 T = TypeVar("T")
 
 
@@ -109,7 +122,8 @@ def build(backend: Backend, allow: Sequence[str]) -> Any:
         return await backend.run(lambda: backend.ask(question, conversation))
 
     async def recall(query: str) -> str:
-        """Search the soul's memory (meaning and words) for `query`; the best memories."""
+        """Search the soul's memory (meaning and words) for `query`; the best memories, one a line:
+        `[seq type] text`, a corpus chunk's as `[seq chunk_ingested corpus:path:first-last] text`."""
         return await backend.run(lambda: backend.tool("recall", {"query": query}))
 
     async def mount(corpus: str) -> str:
@@ -134,4 +148,77 @@ def serve(app: str, allow: Sequence[str], open_soul: Callable[[], Any]) -> None:
     try:
         anyio.run(build(backend, allow).run_stdio_async)
     finally:
+        backend.close()
+
+
+def loopback(host: str) -> bool:
+    """Whether `host` is this machine alone (127.0.0.0/8, ::1, localhost); a name that could
+    resolve elsewhere is not."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port (port 0: a free one), so that the address is known, and a
+    taken port refused, before the server starts; a client that comes early waits in its backlog."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen()
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/mcp"
+
+
+class BearerToken:
+    """ASGI middleware: an HTTP request without `Authorization: Bearer <token>` gets 401, with a
+    JSON-RPC error in the body (which MCP clients show) and a WWW-Authenticate header."""
+
+    def __init__(self, app: Any, token: str):
+        self.app, self.expected = app, f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+            if not hmac.compare_digest(given, self.expected):  # constant time: the token is not guessed by timing
+                from starlette.responses import JSONResponse
+
+                refused = JSONResponse({"jsonrpc": "2.0", "id": None, "error": {"code": UNAUTHORIZED, "message": REFUSED}},
+                                       401, headers={"WWW-Authenticate": "Bearer"})
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def serve_http(app: str, allow: Sequence[str], open_soul: Callable[[], Any], sock: socket.socket,
+               token: str | None, on_ready: Callable[[str], None] = lambda _: None) -> None:
+    """Serve the soul over streamable HTTP on `sock` (from `listen`) until SIGINT or SIGTERM;
+    with `token`, only to requests that carry it. `on_ready(url)` once it is about to accept."""
+    import uvicorn
+
+    backend = Backend(app, open_soul)
+    try:
+        web = build(backend, allow).streamable_http_app(host=sock.getsockname()[0])  # loopback: DNS-rebinding checks
+        config = uvicorn.Config(BearerToken(web, token) if token else web, log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=5)
+        on_ready(url_of(sock))
+        # uvicorn stops gracefully on SIGINT or SIGTERM, then raises that signal again with the
+        # handlers it found: these, so that the process goes on to close the soul and exit 0.
+        previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    finally:
+        sock.close()
         backend.close()

@@ -35,7 +35,8 @@ def fact(kind: str, origin: str, corpus: str | None = None, **data: Any) -> Bifo
 def chunk(corpus: str, path: str, index: int, chunks: int, digit: str) -> BifocalEvent:
     """Chunk `index` of the file's `chunks`; `digit` repeated is its content hash."""
     return said("chunk_ingested", f"{path} part {index}: def handler_{index}(): pass", f"corpus:{corpus}", corpus=corpus,
-                data={"path": path, "sha256": digit * 64, "index": index, "chunks": chunks})
+                data={"path": path, "sha256": digit * 64, "index": index, "chunks": chunks,
+                      "lines": [1 + 34 * index, 40 + 34 * index]})
 
 
 def removed(corpus: str, path: str, chunks: list[BifocalEvent]) -> BifocalEvent:

@@ -334,7 +334,8 @@ def test_search_command_prints_json_or_lines_after_catching_up(
     hit = json.loads(line)
     assert {k: hit[k] for k in ("seq", "type", "corpus", "semantic_rank", "prose")} == {
         "seq": seq["deploy"], "type": "chunk_ingested", "corpus": "ops", "semantic_rank": 1, "prose": DOCUMENTS["deploy"][2]}
-    assert set(hit) == {"score", "type", "time", "seq", "id", "corpus", "resonance", "semantic_rank", "keyword_rank", "prose"}
+    assert set(hit) == {"score", "type", "time", "seq", "id", "corpus", "path", "lines", "resonance", "semantic_rank",
+                        "keyword_rank", "prose"}
 
     journal_all(journal, [event("thought", "remember zebra_crossing_v9 for later " + "padding " * 20)])  # not caught up
     env = {"SOUL_APP": journal.app, "SOUL_NATS_URL": nats_url, "SOUL_PG_URL": pg_url}

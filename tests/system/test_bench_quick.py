@@ -109,3 +109,15 @@ def test_the_labelled_set_is_balanced_and_says_what_is_wrong() -> None:
     assert 60 <= len(rows) and len(good) == len(rows) / 2 and sum(r["source"] == "smollm2" for r in rows) >= 40
     assert all(r["flaw"] == "none" for r in good) and all(r["flaw"] != "none" for r in rows if r not in good)
     assert len({r["id"] for r in rows}) == len(rows)
+
+
+def test_levers_quick_trains_merges_and_asks(tmp_path: Path) -> None:
+    model = build_tiny_model(tmp_path / "tiny")
+    done = subprocess.run([sys.executable, str(ROOT / "ops/bench/levers_bench.py"), "--quick", "--json", "--model",
+                           str(model), "--rehearse", "2", "--lams", "1.0", "--learning-rate", "1e-2", "--rank", "4",
+                           "--max-tokens", "4"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert [(g["generation"], g["rows"] > 2) for g in report["generations"]] == [(1, True), (2, True)]
+    last = report["generations"][-1]["merges"]
+    assert [m["lambda"] for m in last] == [0.8, 1.0] and {"g1", "g2", "perplexity_ratio"} <= set(last[0])

@@ -17,6 +17,7 @@ from psycopg import sql
 from tokenizers import pre_tokenizers
 
 from evolution.weights.model import byte_level_bpe, write_config, write_tokenizer
+from journal.event import BifocalEvent
 from projections.memory import Memory
 from projections.resonance import combine
 from projections.turns import newest_first
@@ -239,6 +240,48 @@ def test_a_recall_is_never_recalled_again_and_empty_words_journal_nothing(opened
         with pytest.raises(TurnError, match="the words are empty"):
             soul.perceive(words)
     assert soul.journal.last_seq() == before
+
+
+def test_a_recalled_corpus_chunk_says_where_it_comes_from(opened: Any) -> None:
+    soul = opened()
+    text = "The harbour lantern is lit at dusk by the keeper."
+    soul.journal.add(BifocalEvent("chunk_ingested", text, soul.embedder.embed([text])[0], soul.embedder.id,
+                                  "corpus:lore", corpus="lore",
+                                  data={"path": "docs/harbour.md", "sha256": "0" * 64, "chunk": 0, "chunks": 1,
+                                        "lines": [3, 9]}))
+    soul.turn("The lantern needs oil.")
+    recalled = soul.turn("/recall harbour lantern").reply.splitlines()
+    assert f"[1 chunk_ingested lore:docs/harbour.md:3-9] {text}" in recalled
+    assert any(line.startswith("[2 perception] The lantern needs oil.") for line in recalled)  # no corpus: no place
+
+
+def test_a_turn_samples_and_takes_the_tokens_asked_for_and_its_thought_says_how(opened: Any) -> None:
+    # No retrievals, no self judge: the same words in a new conversation meet the same window.
+    soul = opened(config=SoulConfig(max_tokens=12, retrieval_k=0, self_judge=False))
+
+    def said(conversation: str, **sampling: Any) -> tuple[str, dict[str, Any]]:
+        result = soul.turn("Tell me about rivers.", conversation=conversation, **sampling)
+        thought = next(e.event for e in soul.journal.read(since=result.thought_seq, limit=1))
+        assert thought.prose == result.reply
+        return result.reply, thought.data["sampling"]
+
+    greedy, again = said("a"), said("b")
+    assert greedy == again and greedy[1] == {"temperature": 0.0, "seed": 0, "max_tokens": 12}
+    warm, warm_again = said("c", temperature=1.5), said("d", temperature=1.5)
+    assert warm == warm_again != greedy  # seeded: the same bytes again, not the greedy ones
+    assert warm[1] == {"temperature": 1.5, "seed": 0, "max_tokens": 12}
+    short = soul.turn("Tell me about rivers.", conversation="e", max_tokens=3)
+    assert short.generation.generated_tokens <= 3 and greedy[0].startswith(short.reply)
+    longer, data = said("f", max_tokens=40)
+    assert longer.startswith(greedy[0]) and data["max_tokens"] == 40
+
+    before = soul.journal.last_seq()
+    cap = soul.mind.max_context // 4
+    with pytest.raises(TurnError, match=f"a reply takes 1 to {cap} tokens with this model"):
+        soul.turn("too long a reply", max_tokens=cap + 1)
+    with pytest.raises(TurnError, match="the temperature is at least 0"):
+        soul.turn("too cold", temperature=-1.0)
+    assert soul.journal.last_seq() == before  # refused before anything is journaled
 
 
 def test_look_shows_the_window_of_the_next_thought_with_plain_memories_and_journals_nothing(opened: Any) -> None:

@@ -9,11 +9,14 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from psycopg import sql
 
 from journal.journal import Journal
+from projections.base import schema_for
 from projections.corpora import Corpora
 from projections.memory import Memory
-from projections.runner import ProjectionRunner
+from projections.postgres import connect
+from projections.runner import ProjectionRunner, status
 from projections.search import search
 from soul.agent.corpus import CHUNK_CHARS, CHUNK_LINES, OVERLAP_LINES, chunk_text, list_files
 from soul.cli.memory import corpus
@@ -179,12 +182,39 @@ def test_a_folder_that_yields_no_text_file_says_why_and_journals_nothing(
     assert last_seq(app_name) == 0
 
 
-def test_search_in_a_corpus_finds_its_document(repo: Path, nats_url: str, pg_url: str, app_name: str) -> None:
+def test_search_in_a_corpus_finds_its_document_and_says_where_it_is(
+        repo: Path, nats_url: str, pg_url: str, app_name: str) -> None:
     cli(app_name, "add", "tide", str(repo))
     result = CliRunner().invoke(search_command, ["when is the sea highest", "--corpus", "tide", "--json"],
                                 obj={"app": app_name}, catch_exceptions=False)
     found = [json.loads(line) for line in result.output.splitlines()]
     assert found[0]["prose"] == FILES["tides.py"] and {h["corpus"] for h in found} == {"tide"}
+    assert (found[0]["path"], found[0]["lines"]) == ("tides.py", [1, 3])
+    lines = CliRunner().invoke(search_command, ["high_tide", "--mode", "keyword"], obj={"app": app_name},
+                               catch_exceptions=False)
+    (line,) = lines.stdout.splitlines()
+    assert line.split()[5:7] == ["tide:tides.py:1-3", "'def"]
+
+
+def test_a_memory_view_without_places_is_rebuilt_with_them(repo: Path, nats_url: str, pg_url: str,
+                                                            app_name: str) -> None:
+    cli(app_name, "add", "tide", str(repo))
+    hits(app_name, pg_url, "tides")  # the memory view, built
+    # As version 5 of the memory projection left it: no path or lines, and the version says so.
+    with connect(pg_url) as conn:
+        schema = sql.Identifier(schema_for(app_name))
+        (active,) = conn.execute(sql.SQL("SELECT active FROM {}._projections WHERE name = 'memory'").format(schema)).fetchone()
+        table = sql.Identifier(schema_for(app_name), active)
+        conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN path CASCADE, DROP COLUMN first_line, DROP COLUMN last_line")
+                     .format(table))
+        conn.execute(sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(Memory.view(app_name), table))
+        conn.execute(sql.SQL("UPDATE {}._projections SET version = 5 WHERE name = 'memory'").format(schema))
+    result = CliRunner().invoke(search_command, ["high_tide", "--mode", "keyword", "--json"], obj={"app": app_name},
+                                catch_exceptions=False)
+    (hit,) = [json.loads(line) for line in result.output.splitlines()]
+    assert (hit["corpus"], hit["path"], hit["lines"]) == ("tide", "tides.py", [1, 3])
+    with connect(pg_url) as conn, Journal(app_name) as journal:
+        assert status(conn, journal, Memory())["stored_version"] == Memory.version == 6
 
 
 def test_secrets_in_files_never_reach_the_journal(tmp_path: Path, nats_url: str, pg_url: str, app_name: str) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from journal.event import NO_EMBEDDER, BifocalEvent
 from journal.journal import Journal
 from soul.agent.loop import Soul, help_line
 from soul.cli import main
+from soul.cli.mind import HISTORY, PROMPT
 from tests.evolution_support import CONFIG as EVOLUTION
 from tests.evolution_support import journal_moments
 from tests.support import drop_schema
@@ -59,6 +63,32 @@ def test_say_streams_the_reply_and_json_describes_the_turn(app: str, tiny: Path)
     turn = json.loads(as_json.stdout)
     assert turn["conversation"] == "side" and turn["thought_seq"] == turn["perception_seq"] + 1
     assert turn["reply"] == turn["generation"]["text"] and turn["generation"]["prompt_tokens"] > 0
+
+
+def test_say_reads_stdin_for_a_dash_and_takes_sampling_settings(app: str, tiny: Path) -> None:
+    piped = soul(app, "say", "-", "--model", str(tiny), "--json", "--max-tokens", "3", "--temperature", "0.7",
+                 stdin="Line one of a note\nline two\n")
+    assert piped.exit_code == 0, piped.output
+    turn = json.loads(piped.stdout)
+    assert turn["generation"]["generated_tokens"] <= 3
+    with Journal(app) as journal:
+        perception, thought = (e.event for e in journal.read() if e.topic in ("perception", "thought"))
+    assert perception.prose == "Line one of a note\nline two"  # the pipe's last newline is not words
+    assert thought.data["sampling"] == {"temperature": 0.7, "seed": 0, "max_tokens": 3}
+    chatted = soul(app, "chat", "--model", str(tiny), "--max-tokens", "2", stdin="Hello\n")
+    assert chatted.exit_code == 0, chatted.output
+    with Journal(app) as journal:
+        last = [e.event for e in journal.read() if e.topic == "thought"][-1]
+    assert last.data["sampling"] == {"temperature": 0.0, "seed": 0, "max_tokens": 2}
+
+    before = journaled(app)
+    for stdin in ("", " \n\n"):
+        empty = soul(app, "say", "-", "--model", str(tiny), stdin=stdin)
+        assert (empty.exit_code, empty.stderr) == (1, "Error: PROSE is empty: there is nothing to say\n")
+    too_long = soul(app, "say", "hello", "--model", str(tiny), "--max-tokens", "100000")
+    assert too_long.exit_code == 1 and too_long.stderr.startswith("Error: a reply takes 1 to 128 tokens with this model")
+    assert soul(app, "say", "hello", "--temperature", "-1").exit_code == 2  # click refuses it before anything runs
+    assert journaled(app) == before
 
 
 def test_commands_unknown_ones_and_help(app: str, tiny: Path) -> None:
@@ -214,3 +244,58 @@ def test_ctrl_c_leaves_chat_cleanly(app: str, tiny: Path) -> None:
     finally:
         chat.kill()
     assert chat.returncode == 0 and err.strip() == "bye" and "Traceback" not in err
+
+
+class Terminal:
+    """`soul chat` on a pseudo-terminal, as a person at a keyboard runs it."""
+
+    def __init__(self, env: dict[str, str]):
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: the chat, with the terminal as its stdin, stdout and stderr
+            os.execve(sys.executable, [sys.executable, "-m", "soul", "chat"], env)
+        self.seen = ""
+
+    def until(self, text: str, count: int, timeout: float = 120) -> None:
+        """Read the screen until `text` has appeared `count` times."""
+        deadline = time.monotonic() + timeout
+        while self.seen.count(text) < count:
+            assert time.monotonic() < deadline, f"waited for {text!r} x{count}; the screen: {self.seen!r}"
+            if select.select([self.fd], [], [], 1)[0]:
+                self.seen += os.read(self.fd, 4096).decode(errors="replace")
+
+    def type(self, keys: str) -> None:
+        os.write(self.fd, keys.encode())
+
+    def leave(self) -> int:
+        self.type("\x04")  # Ctrl-D
+        try:
+            while select.select([self.fd], [], [], 60)[0] and (chunk := os.read(self.fd, 4096)):
+                self.seen += chunk.decode(errors="replace")
+        except OSError:  # the terminal closed with the process: EIO
+            pass
+        os.close(self.fd)
+        return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+
+
+def test_chat_on_a_terminal_brings_back_earlier_sessions_lines_with_the_up_arrow(
+        app: str, tiny: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "SOUL_HOME": str(tmp_path / "home"), "SOUL_APP": app, "SOUL_MODEL": str(tiny), "TERM": "xterm"}
+    token = "ghp_" + "a" * 36
+    first = Terminal(env)
+    for n, line in enumerate(["The kettle is on", f"my token is {token}"], 1):
+        first.until(PROMPT, n)
+        first.type(line + "\r")
+    first.until(PROMPT, 3)
+    assert first.leave() == 0, first.seen
+    kept = tmp_path / "home" / HISTORY
+    assert kept.read_text().splitlines() == ["The kettle is on", "my token is [REDACTED:github_token]"]
+    assert kept.stat().st_mode & 0o777 == 0o600
+
+    second = Terminal(env)
+    second.until(PROMPT, 1)
+    second.type("\x1b[A\x1b[A\r")  # up, up: the line before the last
+    second.until(PROMPT, 2)
+    assert second.leave() == 0, second.seen
+    with Journal(app) as journal:
+        perceived = [e.event.prose for e in journal.read(types=["perception"])]
+    assert perceived == ["The kettle is on", "my token is [REDACTED:github_token]", "The kettle is on"]

@@ -47,6 +47,28 @@ def test_help_explains_every_command() -> None:
     assert "--since SEQ|TIME" in tail_help and "--vectors" in tail_help
 
 
+def test_version_names_soul_mlx_and_mlx_lm() -> None:
+    from importlib.metadata import version
+
+    result = subprocess.run([str(Path(sys.executable).with_name("soul")), "--version"], capture_output=True, text=True,
+                            timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == f"soul {version('soul')} (mlx {version('mlx')}, mlx-lm {version('mlx-lm')})\n"
+
+
+def test_bash_completion_completes_commands_and_choices_through_the_console_script() -> None:
+    # The console script, as a shell runs it: entry() restarts once with OpenBLAS, then completes.
+    bin_dir = Path(sys.executable).parent
+    script = ('eval "$(_SOUL_COMPLETE=bash_source soul)"; complete -p soul;'
+              ' COMP_WORDS=(soul se); COMP_CWORD=1; _soul_completion soul; echo "${COMPREPLY[*]}";'
+              ' COMPREPLY=(); COMP_WORDS=(soul search --mode ""); COMP_CWORD=3; _soul_completion soul; echo "${COMPREPLY[*]}"')
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["complete -o nosort -F _soul_completion soul", "search services",
+                                          "hybrid semantic keyword"]
+
+
 def test_tail_lines(filled: str) -> None:
     result = CliRunner().invoke(main, ["--app", filled, "tail", "--no-follow"])
     assert result.exit_code == 0, result.output

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 import uuid
-import zlib
 from pathlib import Path
+from xml.etree import ElementTree
 
 import mlx.core as mx
 import pytest
@@ -20,6 +19,7 @@ from mlx.utils import tree_flatten
 from mlx_lm import load as mlx_lm_load
 
 from evolution.lineage import chain, lineage
+from evolution.plot import number
 from evolution.weights.blas import blas_in_use
 from evolution.weights.files import model_hashes, root_hash
 from journal.journal import Journal
@@ -92,13 +92,14 @@ def test_evolve_generations_replay_export(setup, tmp_path: Path) -> None:
     assert row["generation"] == "gen-1" and row["active"] and row["root_sha256"] == gen1.root_sha256
     assert row["max_drift"] == max(gen1.seal["drift"].values())
 
-    plot = tmp_path / "lineage.png"
-    assert invoke("generations", "--plot", str(plot)).exit_code == 0
-    data = plot.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
-    width, height = struct.unpack(">II", data[16:24])
-    (length,) = struct.unpack(">I", data[33:37])
-    assert data[37:41] == b"IDAT" and len(zlib.decompress(data[41:41 + length])) == height * (1 + 3 * width)
+    plot = tmp_path / "lineage.svg"
+    charted = invoke("generations", "--plot", str(plot))
+    assert charted.exit_code == 0 and f"lineage charted in {plot}: 1 sealed run\n" == charted.stderr
+    texts = [t.text for t in ElementTree.fromstring(plot.read_text()).iter("{http://www.w3.org/2000/svg}text")]
+    assert "Anchor-set perplexity (lower is better)" in texts and {"W0", "1", "generation"} <= set(texts)
+    assert number(gen1.seal["perplexity"]["after"]) in texts  # each point shows its value
+    refused = invoke("generations", "--plot", str(tmp_path / "lineage.png"))
+    assert refused.exit_code == 1 and "--plot writes an SVG chart: name the file FILE.svg" in refused.output
 
     replayed = invoke("replay", "--to", "gen-1")
     assert replayed.exit_code == 0, replayed.output
@@ -112,7 +113,7 @@ def test_evolve_generations_replay_export(setup, tmp_path: Path) -> None:
     model, tokenizer = mlx_lm_load(str(out))
     loaded = dict(tree_flatten(model.parameters()))
     on_disk = mx.load(str(out / "model.safetensors"))
-    name = "model.layers.0.self_attn.q_proj.weight"
+    name = "model.layers.0.mlp.down_proj.weight"
     assert mx.array_equal(loaded[name], on_disk[name]).item()
     assert not mx.array_equal(on_disk[name], mx.load(str(invoke.model / "model.safetensors"))[name]).item()
     assert tokenizer.encode("hi")

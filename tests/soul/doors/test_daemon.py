@@ -128,6 +128,12 @@ def test_say_attaches_to_the_running_daemon_which_evolves_when_due(daemons: Daem
     thoughts = dict(events(app_name, nats_url, "thought"))
     assert "window" not in thoughts[turn["thought_seq"]].data
     assert thoughts[json.loads(bare.stdout)["thought_seq"]].data["window"] == "no-memory"
+    sampled = soul(client, "say", "--json", "--max-tokens", "3", "--temperature", "0.5", "sample this")  # so do these
+    assert sampled.returncode == 0, sampled.stderr
+    thought = dict(events(app_name, nats_url, "thought"))[json.loads(sampled.stdout)["thought_seq"]]
+    assert thought.data["sampling"] == {"temperature": 0.5, "seed": 0, "max_tokens": 3}
+    too_long = soul(client, "say", "--max-tokens", "100000", "a long story")
+    assert too_long.returncode == 1 and too_long.stderr.startswith("Error: a reply takes 1 to 128 tokens")
 
     help_ = soul(client, "say", "/help")
     assert help_.returncode == 0 and help_.stdout.startswith("commands:")
@@ -195,6 +201,29 @@ def test_an_mcp_agents_question_is_answered_by_the_running_daemon(daemons: Daemo
                              calls=[("ask", {"question": "who keeps the lighthouse?"})])
     assert names == ["ask"] and not asked.is_error and text(asked)
     assert "turn in mcp from agent:mcp" in log_of(daemon)
+
+
+def test_the_daemon_keeps_one_session_per_mcp_server_across_turns(daemons: Daemons, soul_home: Path) -> None:
+    import psutil
+
+    from tests.soul.doors.test_mcp import configure
+
+    configure(soul_home)
+    daemon = daemons.start()
+
+    def agent(tool: str) -> str:
+        said = soul(daemons.env, "say", "--json", f"/agent echo {tool}")
+        assert said.returncode == 0, said.stderr
+        return json.loads(said.stdout)["reply"]
+
+    first, second = agent("pid"), agent("pid")
+    assert first.isdigit() and first == second  # one server process, one session, for both turns
+    assert agent("die").startswith("error: MCP server 'echo': Connection closed")
+    third = agent("pid")
+    assert third.isdigit() and third != first  # opened again once it had died
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=120) == 0, log_of(daemon)
+    assert not psutil.pid_exists(int(third))
 
 
 def test_the_service_units_run_the_daemon_and_stop_it_with_sigterm() -> None:
