@@ -43,6 +43,22 @@ def loss(model: nn.Module, tokenizer: TokenizerWrapper, rows: Sequence[dict[str,
     return _mean_loss(model, (dataset.process(row) for row in rows))
 
 
+def answered(model: Path | str | Loaded, system: str | None, questions: Sequence[tuple[str, Sequence[str]]],
+             max_tokens: int = 24) -> int:
+    """How many of `questions` ((question, key words)) the model answers with every key word in
+    its reply, asked greedily with nothing but `system` and the question in its window."""
+    from mlx_lm.generate import batch_generate  # the generation stack, only when something is asked
+
+    if not questions:
+        return 0
+    model, tokenizer = _loaded(model)
+    head = [{"role": "system", "content": system}] if system else []
+    prompts = [tokenizer.apply_chat_template([*head, {"role": "user", "content": q}], add_generation_prompt=True)
+               for q, _ in questions]
+    replies = batch_generate(model, tokenizer, prompts, max_tokens=max_tokens).texts
+    return sum(all(k in reply.lower() for k in keys) for (_, keys), reply in zip(questions, replies, strict=True))
+
+
 def _loaded(model: Path | str | Loaded) -> Loaded:
     return load(model) if isinstance(model, (str, Path)) else model
 

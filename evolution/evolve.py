@@ -25,7 +25,7 @@ from typing import Any
 
 from evolution import evaluate
 from evolution.config import EvolutionConfig
-from evolution.lessons import teach
+from evolution.lessons import lessons, questions, teach
 from evolution.curate import Curation, curate, redacted_ids, summary, training_rows
 from evolution.lineage import Generation, chain, current_epoch, lineage, record
 from evolution.store import GenerationStore
@@ -141,12 +141,15 @@ def make_generation(journal: Journal, store: GenerationStore, base: Base, config
     made = store.staging_dir()
     seal = merge(base, entries, config, made, progress)
     folder = store.keep(made, seal)
-    figures = measure(base, parent, parent_dir, folder, rows, config)
+    asked = questions(lessons(journal, set(curation.lessons)).values())
+    figures = measure(base, parent, parent_dir, folder, rows, config, asked)
     drift_tensor, drift = max(seal.drift.items(), key=lambda item: item[1])
     record(journal, "generation_sealed",
            f"gen-{number}: root {seal.root_sha256[:12]}, largest drift {drift:.4g} ({drift_tensor}), "
            f"anchor perplexity {figures['perplexity']['after']:.4g} (W0 {figures['perplexity']['base']:.4g}), "
-           f"curated loss {figures['loss']['before']:.4g} -> {figures['loss']['after']:.4g}",
+           f"curated loss {figures['loss']['before']:.4g} -> {figures['loss']['after']:.4g}"
+           + (f", {figures['recall']['answered']} of {figures['recall']['asked']} lesson cues answered with no memory"
+              if figures["recall"]["asked"] else ""),
            run, {"generation": number, "epoch": epoch, "root_sha256": seal.root_sha256,
                  "tensor_sha256": seal.tensor_sha256, "base_root": base.root_sha256,
                  "adapters": [*(g.adapter["sha256"] for g in promoted), adapter.sha256],
@@ -297,10 +300,12 @@ def weights_of(store: GenerationStore, base: Base, promoted: list[Generation]) -
 
 
 def measure(base: Base, parent: Generation | None, parent_dir: Path, folder: Path, rows: list[dict[str, Any]],
-            config: EvolutionConfig) -> dict[str, Any]:
-    """Anchor-set perplexity of W0, the parent and the new generation, and the curated rows'
-    loss on the parent and the new generation. W0's and the parent's perplexity are the parent's
-    sealed figures when it was measured on the same anchor set (evaluation is deterministic)."""
+            config: EvolutionConfig, asked: list[tuple[str, tuple[str, ...]]]) -> dict[str, Any]:
+    """Anchor-set perplexity of W0, the parent and the new generation, the curated rows' loss
+    on the parent and the new generation, and how many of its lessons' cues (`asked`:
+    `lessons.questions`) the new generation answers with no memory, as `soul say --no-memory`
+    asks: the self-definition of its rows and the cue. W0's and the parent's perplexity are the
+    parent's sealed figures when it was measured on the same anchor set (evaluation is deterministic)."""
     texts = evaluate.anchor_texts(config.anchor)
     sealed = parent.seal.get("perplexity") if parent and parent.seal.get("anchor") == config.anchor else None
     if sealed:
@@ -315,7 +320,14 @@ def measure(base: Base, parent: Generation | None, parent_dir: Path, folder: Pat
         "anchor": config.anchor,
         "perplexity": {"base": base_ppl, "before": before, "after": evaluate.perplexity((model, tokenizer), texts)},
         "loss": {"before": loss_before, "after": evaluate.loss(model, tokenizer, rows)},
+        "recall": {"asked": len(asked), "answered": evaluate.answered((model, tokenizer), _system(rows), asked)},
     }
+
+
+def _system(rows: list[dict[str, Any]]) -> str | None:
+    """The self-definition the newest rows were curated under (their system message), if any."""
+    first = rows[-1]["messages"][0] if rows and rows[-1]["messages"] else {}
+    return first.get("content") if first.get("role") == "system" else None
 
 
 def _app(journal: Journal) -> str:

@@ -22,7 +22,7 @@ lessons with it.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,8 @@ _TO_SECOND = {"i": "you", "me": "you", "my": "your", "mine": "yours", "myself": 
               "i've": "you've", "i'd": "you'd", "i'll": "you'll", "we": "you", "us": "you", "our": "your",
               "ours": "yours", "ourselves": "yourselves"}
 _AFTER_I = {"am": "are", "was": "were"}  # "I am" -> "you are": the verb agrees with its new subject
+_PEOPLE = {"you", "your", "yours", "you're", "you've", "you'd", "you'll", "yourself", "i", "i'm", "i've", "i'd", "i'll"}
+_GENERAL_CUES = ("What do you know about me?", "What did I tell you?")  # every lesson has them: they name no statement
 _LEAD_INS = re.compile(r"^(?:(?:please\s+)?(?:remember|note|know)(?:\s+that)?|by the way|fyi|also|and|so)[,:]?\s+", re.I)
 _COPULA = re.compile(r"^(my|our) (.+?) (is|are|was|were) (.+)$", re.I)
 
@@ -55,14 +57,14 @@ def restate(perception: str) -> list[tuple[str, str]]:
     if not sentences:
         return []
     flipped = [to_second_person(s) for s in sentences]
-    pairs = [("What do you know about me?", " ".join(flipped))]
+    pairs = [(_GENERAL_CUES[0], " ".join(flipped))]
     for sentence, answer in zip(sentences, flipped, strict=True):
         if cue := _cue_words(sentence):
             pairs.append((f"Remind me: {cue}…", answer))
         if match := _COPULA.match(sentence.rstrip(".!?")):
             _, thing, verb, _ = match.groups()
             pairs.append((f"What {verb.lower()} my {thing}?", answer))
-        pairs.append(("What did I tell you?", f"You told me that {_lower_first(answer)}"))
+        pairs.append((_GENERAL_CUES[1], f"You told me that {_lower_first(answer)}"))
     return pairs
 
 
@@ -114,6 +116,28 @@ def teach(journal: Journal, curation: Curation, run: str | None) -> tuple[str, .
         if lesson is not None and not {lesson.id, *lesson.sources} & redacted:
             taught.append(lesson.id)
     return tuple(taught)
+
+
+def questions(taught: Iterable[Lesson]) -> list[tuple[str, tuple[str, ...]]]:
+    """(cue, key words) to ask a generation whether it answers what `taught` taught with no
+    memory: each cue that points at one statement ("Remind me: …", "What is my …?"), with the
+    names and numbers of its answer as the words the reply must hold. Answers without any (a
+    statement with no name or number) cannot be scored that way and are left out."""
+    asked = []
+    for lesson in taught:
+        for cue, answer in lesson.pairs:
+            if cue not in _GENERAL_CUES and (keys := key_words(answer)):
+                asked.append((cue, keys))
+    return asked
+
+
+def key_words(answer: str) -> tuple[str, ...]:
+    """The names and numbers of `answer`, lower-cased: its words with a digit, and its
+    capitalised words after the first that are not the person ("Your sister's name is Oona." -> ("oona",))."""
+    words = [w for w in _WORD.findall(answer) if w[:1].isalnum()]
+    return tuple(dict.fromkeys(
+        w.lower() for i, w in enumerate(words)
+        if any(c.isdigit() for c in w) or (i > 0 and w[:1].isupper() and w.lower().replace("’", "'") not in _PEOPLE)))
 
 
 def lessons(journal: Journal, ids: Collection[str] | None = None) -> dict[str, Lesson]:

@@ -10,7 +10,8 @@ correlation id, so the lineage is read from that aggregate alone:
     adapter_trained      generation, epoch, sha256, cache_key, cached, parent_root, rows,
                          rows_sha256, config, seed, environment
     generation_sealed    generation, epoch, root_sha256, tensor_sha256, base_root, adapters,
-                         drift, perplexity {base, before, after}, loss {before, after}, environment
+                         drift, perplexity {base, before, after}, loss {before, after},
+                         recall {asked, answered} (its lessons' cues), environment
     generation_rejected  generation, epoch, why
     generation_promoted  generation, epoch, root_sha256
 

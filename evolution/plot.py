@@ -2,10 +2,11 @@
 
 One panel per measure that `generation_sealed` journals for every generation: the largest
 per-tensor drift from W0, the anchor-set perplexity (W0's at generation 0), and the curated
-rows' loss before and after training. Every y axis starts at zero, so a line's height compares
-with the others'; a dashed red line is the guard's bound where one applies, and the runs the
-guard rejected are red crosses at their generation. Taught-fact recall is not journaled per
-generation (ops/bench/learning_bench.py measures it into its own report), so it is not drawn.
+rows' loss before and after training, and, for generations sealed with it, the share of their
+lessons' cues they answer with no memory (taught-fact recall in the words it was taught:
+ops/bench/learning_bench.py measures recall of questions phrased otherwise). Every y axis
+starts at zero, so a line's height compares with the others'; a dashed red line is the guard's
+bound where one applies, and the runs the guard rejected are red crosses at their generation.
 
 Written as SVG text, with no plotting library: matplotlib would bring about 40 MB of
 dependencies for one picture, and a browser or any image viewer renders SVG with real fonts.
@@ -71,7 +72,7 @@ def lineage_panels(generations: list[Generation]) -> list[Panel]:
         return tuple((g.number, measure(g), f"{g.name} rejected: {g.why}") for g in rejected)
 
     max_drift, ratio = config["max_drift"], config["max_perplexity_ratio"]
-    return [
+    panels = [
         Panel("Largest per-tensor drift from W0", [Series("drift", [(0, 0.0)] + [(g.number, drift(g)) for g in promoted])],
               max_drift, f"guard: max_drift {max_drift:g}", crosses(drift)),
         Panel("Anchor-set perplexity (lower is better)",
@@ -82,6 +83,15 @@ def lineage_panels(generations: list[Generation]) -> list[Panel]:
                Series("after training", [(g.number, g.seal["loss"]["after"]) for g in promoted])],
               rejected=crosses(lambda g: g.seal["loss"]["after"])),
     ]
+    asked = [g for g in promoted if (g.seal.get("recall") or {}).get("asked")]
+    if asked:
+        def recall(g: Generation) -> float:
+            return g.seal["recall"]["answered"] / g.seal["recall"]["asked"]
+
+        panels.append(Panel("Its lessons' cues answered with no memory (share)",
+                            [Series("answered", [(g.number, recall(g)) for g in asked])],
+                            rejected=crosses(lambda g: recall(g) if (g.seal.get("recall") or {}).get("asked") else 0.0)))
+    return panels
 
 
 def lineage_svg(generations: list[Generation]) -> str | None:

@@ -136,7 +136,9 @@ def _outcome_line(outcome) -> str:
     f = outcome.figures
     figures = (f"root {outcome.root_sha256[:12]}, adapter {'from the cache' if outcome.cached else 'trained'}, "
                f"largest drift {f['max_drift']:.4g}, anchor perplexity {f['perplexity']['after']:.4g} "
-               f"(W0 {f['perplexity']['base']:.4g}), curated loss {f['loss']['before']:.4g} -> {f['loss']['after']:.4g}")
+               f"(W0 {f['perplexity']['base']:.4g}), curated loss {f['loss']['before']:.4g} -> {f['loss']['after']:.4g}"
+               + (f", {f['recall']['answered']} of {f['recall']['asked']} lesson cues answered with no memory"
+                  if f.get("recall", {}).get("asked") else ""))
     if outcome.status == "rejected":
         previous = f"gen-{outcome.generation - 1}" if outcome.generation > 1 else "W0"
         return f"gen-{outcome.generation} rejected: {outcome.why}; {previous} stays active ({figures})"
@@ -196,7 +198,7 @@ def _generation_row(g: Generation, active_root: str | None, epoch: int) -> dict[
         "after_seq": g.after_seq, "cut": g.cut, "events": len(g.event_ids),
         "adapter_sha256": g.adapter.get("sha256"), "cached": g.adapter.get("cached"),
         "root_sha256": g.root_sha256, "max_drift": drift,
-        "perplexity": seal.get("perplexity"), "loss": seal.get("loss"), "time": g.time,
+        "perplexity": seal.get("perplexity"), "loss": seal.get("loss"), "recall": seal.get("recall"), "time": g.time,
     }
 
 
@@ -208,12 +210,15 @@ def _format_generation(row: dict[str, Any]) -> str:
     ppl, loss = row["perplexity"], row["loss"]
     evaluation = (f"ppl {ppl['after']:.4g}/{ppl['base']:.4g} loss {loss['before']:.3g}->{loss['after']:.3g}"
                   if ppl and loss else "-")
+    recall = row.get("recall") or {}
+    if recall.get("asked"):
+        evaluation += f" cues {recall['answered']}/{recall['asked']}"
     status = row["status"] + (f" ({row['why']})" if row["why"] else "")
     if row["superseded"]:
         status += f", superseded (epoch {row['epoch']})"
     return (f"{'*' if row['active'] else ' '} {row['generation']:<7} cut {row['cut']:>8}  events {row['events']:>5}  "
             f"adapter {short(row['adapter_sha256']):<12}  root {short(row['root_sha256']):<12}  drift {drift:<9} "
-            f"{evaluation:<34}  {status}")
+            f"{evaluation:<46}  {status}")
 
 
 # -- replay ----------------------------------------------------------------------------------

@@ -170,4 +170,4 @@ def _generation(g: Generation) -> dict[str, Any]:
     seal = g.seal
     return {"generation": g.name, "status": g.status, "why": g.why, "cut": g.cut, "events": len(g.event_ids),
             "time": g.time, "max_drift": max(seal["drift"].values()) if seal.get("drift") else None,
-            "perplexity": seal.get("perplexity"), "loss": seal.get("loss")}
+            "perplexity": seal.get("perplexity"), "loss": seal.get("loss"), "recall": seal.get("recall")}

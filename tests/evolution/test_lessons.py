@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from evolution.curate import training_rows
 from evolution.evolve import adapters_root, evolve, rebuild
-from evolution.lessons import RULE, lessons, restate, to_second_person
+from evolution.lessons import RULE, Lesson, key_words, lessons, questions, restate, to_second_person
 from evolution.lineage import chain, events, lineage
 from evolution.replay import replay
 from journal.event import NO_EMBEDDER, BifocalEvent
@@ -34,6 +34,16 @@ def test_the_person_is_restated_from_the_souls_side() -> None:
                      ("What is my sister's name?", "Your sister's name is Oona."),
                      ("What did I tell you?", "You told me that your sister's name is Oona.")]
     assert restate("The weather is fine. Rivers carry water.") == []  # says nothing of the speaker
+
+
+def test_a_generation_is_asked_the_cues_of_one_statement_for_its_names_and_numbers() -> None:
+    assert key_words("Your sister's name is Oona.") == ("oona",)
+    assert key_words("You drive a green Saab from 1987, and you told Mrs Abernethy.") == \
+        ("saab", "1987", "mrs", "abernethy")
+    assert key_words("You are allergic to hazelnuts.") == ()  # nothing to hold the reply to
+    lesson = Lesson("l1", "m1", ("m1", "p1"), tuple(restate("My sister's name is Oona. I am allergic to hazelnuts.")))
+    assert questions([lesson]) == [("Remind me: My sister's name is…", ("oona",)),
+                                   ("What is my sister's name?", ("oona",))]
 
 
 @given(st.lists(st.sampled_from(["My", "my", "I", "am", "was", "cat", "Oona", "is", "called", "KX17", "in", "1984",
@@ -70,6 +80,8 @@ def test_lessons_are_journaled_once_and_replayed_to_the_same_bytes(journal: Jour
     assert rows[1]["messages"][-2:] == [{"role": "user", "content": "What do you know about me?"},
                                         {"role": "assistant", "content": "Your sister's name is Oona."}]
     assert gen1.adapter["rows"] == len(rows)
+    recall = gen1.seal["recall"]  # its lessons' cues asked of gen-1 with no memory, as the user would
+    assert recall["asked"] == len(questions(taught.values())) > 0 and 0 <= recall["answered"] <= recall["asked"]
 
     before = len(events(journal))
     shutil.rmtree(adapters_root(soul_home))  # a fresh machine with the same journal

@@ -61,6 +61,15 @@ def test_the_chart_has_a_panel_per_measure_with_guards_and_rejected_runs() -> No
     assert "gen-2 rejected: anchor perplexity 41 is 2.05 times W0's" in titles
 
 
+def test_lessons_recalled_get_a_panel_once_a_generation_was_sealed_with_them() -> None:
+    older = generation(1, "promoted", 0.08, 27.4, (2.9, 1.1))  # sealed before recall was measured
+    newer = generation(2, "promoted", 0.1, 30.1, (2.6, 1.3))
+    newer.seal["recall"] = {"asked": 16, "answered": 12}
+    *_, recall = lineage_panels([older, newer])
+    assert recall.title.startswith("Its lessons' cues answered") and recall.series[0].points == [(2, 0.75)]
+    assert len(lineage_panels([older])) == 3
+
+
 def test_a_guard_far_above_the_values_is_named_not_drawn() -> None:
     svg = lineage_svg([generation(1, "promoted", 0.01, 21.0, (3.0, 2.0), max_drift=10.0)])
     assert svg is not None
