@@ -107,11 +107,13 @@ def next_curation(journal: Journal, config: EvolutionConfig) -> Curation:
 
 
 def make_generation(journal: Journal, store: GenerationStore, base: Base, config: EvolutionConfig, epoch: int,
-                    curation: Curation, promoted: list[Generation], progress: Progress | None) -> Outcome:
+                    curation: Curation, promoted: list[Generation], progress: Progress | None,
+                    rebuilt: bool = False) -> Outcome:
     """Seal `curation` as generation len(promoted)+1 of `epoch`, then train, merge, seal, guard
-    and promote it (every step journaled with one run id)."""
+    and promote it (every step journaled with one run id). A `rebuilt` generation needs only one
+    moment: `min_events` is the floor for a new generation, not for one that a forget shrank."""
     run, number = str(uuid.uuid4()), curation.generation
-    short = shortfall(curation, config)
+    short = shortfall(curation, replace(config, min_events=1) if rebuilt else config)
     if not short:
         curation = replace(curation, lessons=teach(journal, curation, run))
     window = f"{curation.after_seq + 1}..{curation.cut}"
@@ -353,7 +355,9 @@ def rebuild(journal: Journal, home: Path, base: Base, config: EvolutionConfig | 
     without the redacted events, with its own sealed config (or `config` for all). A generation
     whose moments, parent and config are all unchanged is carried over as it is; from the first
     change on, each is trained and merged again (cached adapters still serve where the key
-    matches), and one left with nothing to curate, or rejected by the guard, is gone."""
+    matches) from what is left of its moments, even fewer than `min_events` (forgetting one of
+    eight must not unlearn the other seven); one left with no moment, or rejected by the guard,
+    is gone."""
     store = GenerationStore(home, _app(journal))
     with store.lock():
         store.clear_staging()
@@ -378,7 +382,7 @@ def rebuild(journal: Journal, home: Path, base: Base, config: EvolutionConfig | 
                 carry_over(journal, was, epoch)
                 changes.append(Change(was.name, was.name, False, "unchanged"))
             else:
-                outcome = make_generation(journal, store, base, own, epoch, curation, promoted, progress)
+                outcome = make_generation(journal, store, base, own, epoch, curation, promoted, progress, rebuilt=True)
                 why = (difference or "its parent changed") \
                     + ("" if outcome.status == "promoted" else f"; {outcome.why or outcome.status}")
                 now = f"gen-{outcome.generation}" if outcome.status == "promoted" else None

@@ -86,6 +86,11 @@ class Connection:
         self._thread.start()
         try:
             self._background = self.run(self._connect(self._options), timeout=timeout + 5)
+        except TimeoutError:  # the client's own timeouts did not fire in time: a starved machine
+            self._stop_loop()
+            raise JournalUnavailable(
+                f"NATS at {self.where} did not finish connecting within {timeout + 5:g} s; check that it runs "
+                "and answers, or allow more time with SOUL_NATS_TIMEOUT") from None
         except BaseException:
             self._stop_loop()
             raise

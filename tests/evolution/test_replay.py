@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,20 @@ def test_a_lineage_grows_from_one_base_only(journal: Journal, soul_home: Path, t
     for grow in (lambda: evolve(journal, soul_home, other, CONFIG), lambda: rebuild(journal, soul_home, other)):
         with pytest.raises(EvolveError, match="evolve with the same --model"):
             grow()
+
+
+def test_a_rebuilt_generation_keeps_what_is_left_of_its_moments_below_min_events(
+        journal: Journal, soul_home: Path, tmp_path: Path) -> None:
+    base = tiny_base(tmp_path / "w0")
+    three = replace(CONFIG, min_events=3)
+    moments = journal_moments(journal, 3)
+    assert evolve(journal, soul_home, base, three).status == "promoted"
+    journal.add(BifocalEvent("redaction", "forget", [], NO_EMBEDDER, "redactions", data={"event": str(moments[0].id)}))
+    (change,) = rebuild(journal, soul_home, base)
+    assert (change.was, change.now, change.changed, change.why) == ("gen-1", "gen-1", True, "1 moments left out")
+    (gen1,) = chain(lineage(journal))
+    assert gen1.event_ids == [str(m.id) for m in moments[1:]] and gen1.curation["config"]["min_events"] == 3
+    assert evolve(journal, soul_home, base, three).status == "nothing to curate"  # a new generation still needs 3
 
 
 def test_forgetting_every_moment_leaves_the_base_active(journal: Journal, soul_home: Path, tmp_path: Path) -> None:
