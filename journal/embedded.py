@@ -82,15 +82,17 @@ def started_at(pid: int) -> float | None:
 def same_process(pid: int, started: float | None, named: str | None = None) -> bool:
     """Whether `pid` is still the process a pid file recorded with its start time `started`, and
     not another that has taken the pid since. A pid file without a start time (written before pid
-    files carried one) is stale unless the process's command line contains `named` (the server's
-    own store, say): nothing unverified is ever signalled."""
+    files carried one), or one whose start time reads otherwise, is stale unless the process's
+    command line contains `named` (the server's own store, say): nothing unverified is ever signalled."""
     if not process_alive(pid):
         return False
     try:
         process = psutil.Process(pid)
-        if started is None:
-            return named is not None and named in " ".join(process.cmdline())
-        return abs(process.create_time() - started) <= START_SLACK
+        if started is not None and abs(process.create_time() - started) <= START_SLACK:
+            return True
+        # Linux reckons a start time from the boot time, which moves when the wall clock is stepped
+        # (a VM's clock synced): the command line naming our own store still says it is ours.
+        return named is not None and named in " ".join(process.cmdline())
     except psutil.Error:  # it ended meanwhile, or its command line is not ours to read
         return False
 

@@ -105,7 +105,7 @@ class EmbeddedPostgres:
     def status(self) -> dict[str, Any]:
         """{"running": bool, "pid", "port", "url", "store", "log"} and "stale", like EmbeddedNats.status()."""
         info = self._postmaster() or {}
-        ours = bool(info) and same_process(info["pid"], info["started"])  # a crash leaves the file behind
+        ours = bool(info) and same_process(info["pid"], info["started"], named=str(self.dir))  # a crash leaves the file
         running = (ours and info["state"] == "ready"
                    and _listening(Path(info["socket_dir"]) / f".s.PGSQL.{info['port']}"))
         return {
@@ -137,7 +137,12 @@ class EmbeddedPostgres:
             raise PostgresUnavailable(
                 f"the embedded Postgres did not start from {self.dir} ({type(e).__name__}); see {self.log_file}"
             ) from None
-        return self.status()["url"]
+        status = self.status()
+        if not status["running"]:  # pgserver took a stale postmaster.pid for a running server
+            raise PostgresUnavailable(
+                f"the embedded Postgres under {self.dir} is not running though pgserver found it started; "
+                f"`soul services stop` then `soul services start` (see {self.log_file})")
+        return status["url"]
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop the server cleanly (fast shutdown: a checkpoint, no recovery next time)."""

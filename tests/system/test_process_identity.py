@@ -45,6 +45,7 @@ def test_a_pid_is_its_process_only_with_its_start_time(stranger: subprocess.Pope
     pid, started = stranger.pid, started_at(stranger.pid)
     assert started is not None and same_process(pid, started)
     assert not same_process(pid, started - AN_HOUR)  # the pid, but not the process that started then
+    assert same_process(pid, started - AN_HOUR, named="sleep 120")  # the clock was stepped: its command line says
     assert not same_process(pid, None)  # an older pid file without a start time: stale...
     assert same_process(pid, None, named="sleep 120")  # ...unless its command line says it is the one
     assert not same_process(2**22 + 12345, started)  # no such process
