@@ -150,4 +150,4 @@ class EmbeddedPostgres:
         if info is None or not self.status()["running"]:
             return False
         # SIGINT is Postgres' fast shutdown; SIGQUIT its immediate one (recovers on the next start).
-        return stop_process(info["pid"], info["started"], signal.SIGINT, signal.SIGQUIT, timeout)
+        return stop_process(info["pid"], info["started"], signal.SIGINT, signal.SIGQUIT, timeout, named=str(self.dir))
