@@ -165,8 +165,9 @@ def generations(ctx: click.Context, as_json: bool, plot_path: str | None) -> Non
     if plot_path and Path(plot_path).suffix.lower() != ".svg":
         raise click.ClickException(f"--plot writes an SVG chart: name the file FILE.svg, not {plot_path}")
     journal = open_journal(ctx)
-    every = [r for r in runs(journal) if r.status != "nothing to curate"]
-    epoch = max((r.epoch for r in every), default=0)
+    journaled = runs(journal)
+    every = [r for r in journaled if r.status != "nothing to curate"]
+    epoch = max((r.epoch for r in journaled), default=0)  # a rebuild that kept nothing still supersedes
     try:
         current = GenerationStore(soul_home(), app_of(ctx)).active()
     except StoreError as e:

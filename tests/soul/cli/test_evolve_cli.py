@@ -146,6 +146,13 @@ def test_forget_then_rebuild_names_the_changed_generations(setup) -> None:
     assert listed[0].endswith(f"promoted, superseded (epoch {old.epoch})") and listed[1].startswith("* gen-1")
     assert invoke("replay", "--to", "gen-1").stdout.startswith("MATCH gen-1")
 
+    for thought in thoughts:  # forgetting every moment leaves no generation, and says so
+        assert invoke("forget", str(thought.id)).exit_code == 0
+    gone = invoke("evolve", "--rebuild")
+    assert gone.exit_code == 0 and "-> gone" in gone.stdout, gone.output
+    rows = [json.loads(line) for line in invoke("generations", "--json").stdout.splitlines()]
+    assert [(r["superseded"], r["active"]) for r in rows] == [(True, False), (True, False)]
+
 
 def test_erase_names_who_learnt_it_and_the_rebuilt_lineage_replays(setup) -> None:
     invoke, journal, thoughts = setup
