@@ -37,11 +37,14 @@ def config(folder: Path, name: str, ports: dict[str, tuple[int, int]], via: Rout
     dial = via or (lambda _node, _other, port: port)
     routes = ", ".join(f"nats-route://127.0.0.1:{dial(name, other, ports[other][1])}"
                        for other in NODES if other != name)
+    # Routed through `via`, a node must not be reached at its real route port: servers gossip the
+    # address they advertise and dial it directly (an implicit route past the cut). Port 1 refuses.
+    hidden = ", advertise: 127.0.0.1:1" if via else ""
     return (
         f"server_name: {name}\n"
         f"listen: 127.0.0.1:{client}\n"
         f'jetstream {{ store_dir: "{folder / name}" }}\n'
-        f"cluster {{ name: soul, listen: 127.0.0.1:{route}, routes: [{routes}] }}\n"
+        f"cluster {{ name: soul, listen: 127.0.0.1:{route}, routes: [{routes}]{hidden} }}\n"
     )
 
 
