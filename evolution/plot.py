@@ -68,8 +68,9 @@ def lineage_panels(generations: list[Generation]) -> list[Panel]:
     def ppl(g: Generation) -> float:
         return g.seal["perplexity"]["after"]
 
-    def crosses(measure: Callable[[Generation], float]) -> tuple[tuple[int, float, str], ...]:
-        return tuple((g.number, measure(g), f"{g.name} rejected: {g.why}") for g in rejected)
+    def crosses(measure: Callable[[Generation], float],
+                among: list[Generation] = rejected) -> tuple[tuple[int, float, str], ...]:
+        return tuple((g.number, measure(g), f"{g.name} rejected: {g.why}") for g in among)
 
     max_drift, ratio = config["max_drift"], config["max_perplexity_ratio"]
     panels = [
@@ -83,14 +84,17 @@ def lineage_panels(generations: list[Generation]) -> list[Panel]:
                Series("after training", [(g.number, g.seal["loss"]["after"]) for g in promoted])],
               rejected=crosses(lambda g: g.seal["loss"]["after"])),
     ]
-    asked = [g for g in promoted if (g.seal.get("recall") or {}).get("asked")]
+    def was_asked(g: Generation) -> bool:
+        return bool((g.seal.get("recall") or {}).get("asked"))
+
+    asked = [g for g in promoted if was_asked(g)]
     if asked:
         def recall(g: Generation) -> float:
             return g.seal["recall"]["answered"] / g.seal["recall"]["asked"]
 
         panels.append(Panel("Its lessons' cues answered with no memory (share)",
                             [Series("answered", [(g.number, recall(g)) for g in asked])],
-                            rejected=crosses(lambda g: recall(g) if (g.seal.get("recall") or {}).get("asked") else 0.0)))
+                            rejected=crosses(recall, [g for g in rejected if was_asked(g)])))
     return panels
 
 

@@ -65,8 +65,12 @@ def test_lessons_recalled_get_a_panel_once_a_generation_was_sealed_with_them() -
     older = generation(1, "promoted", 0.08, 27.4, (2.9, 1.1))  # sealed before recall was measured
     newer = generation(2, "promoted", 0.1, 30.1, (2.6, 1.3))
     newer.seal["recall"] = {"asked": 16, "answered": 12}
-    *_, recall = lineage_panels([older, newer])
+    unmeasured = generation(3, "rejected", 0.4, 27.0, (2.4, 1.0), why="drift 0.4 is above 0.3")
+    measured = generation(3, "rejected", 0.5, 27.0, (2.4, 1.0), why="drift 0.5 is above 0.3")
+    measured.seal["recall"] = {"asked": 16, "answered": 4}
+    *_, recall = lineage_panels([older, newer, unmeasured, measured])
     assert recall.title.startswith("Its lessons' cues answered") and recall.series[0].points == [(2, 0.75)]
+    assert recall.rejected == ((3, 0.25, "gen-3 rejected: drift 0.5 is above 0.3"),)  # no cross at 0 for no figure
     assert len(lineage_panels([older])) == 3
 
 
