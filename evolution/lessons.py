@@ -8,10 +8,17 @@ question-answer pairs) is what makes its content recallable without it.
 
 `restate` is that rule, deterministic and small: the person's sentences that speak of
 themselves ("my sister's name is Oona") are turned to the soul's side ("Your sister's name is
-Oona.") and taught as answers to a few cues: what do you know about me, remind me of <the words
-before the first name or number>, what is my <thing> (for "my <thing> is ..." sentences), and
-what did I tell you. The cue never holds the sentence's names and numbers, so the answer has to
-come from the weights.
+Oona.") and taught as answers to a few cues. The cue never holds the sentence's names and
+numbers, so the answer has to come from the weights. Two versions, by name in `RULES`:
+
+- restate-v1 (the one `soul evolve` journals): what do you know about me, remind me of <the
+  words before the first name or number>, what is my <thing> (for "my <thing> is ..."), and
+  what did I tell you, asked of every statement.
+- restate-v2: the shared cues ask the model to answer any question with a fact about the
+  person (docs/evolution.md, "Why the real path learnt less"), so "what do you know about me"
+  is asked once per lesson and "what did I tell you" not at all, and a "my <thing> is"
+  statement gets cues that name its thing instead: tell me about my <thing>, do you remember
+  my <thing>, what do you know about my <thing>.
 
 Lessons are made at curation time and journaled (`lesson` events naming the moment and the
 perception they come from), so a generation stays a function of the journal alone: replay reads
@@ -32,7 +39,7 @@ from journal.journal import Journal
 if TYPE_CHECKING:
     from evolution.curate import Curation
 
-RULE = "restate-v1"
+RULE = "restate-v1"  # what `soul evolve` journals; lessons of any rule replay as they were
 MAX_SENTENCES = 8  # of one perception: a long message is a document, not a fact about its writer
 
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
@@ -49,9 +56,11 @@ _LEAD_INS = re.compile(r"^(?:(?:please\s+)?(?:remember|note|know)(?:\s+that)?|by
 _COPULA = re.compile(r"^(my|our) (.+?) (is|are|was|were) (.+)$", re.I)
 
 
-def restate(perception: str) -> list[tuple[str, str]]:
-    """(cue, answer) pairs teaching what `perception` says of its speaker; [] when it says nothing
-    of them (no statement with the speaker as its subject)."""
+def restate(perception: str, rule: str = RULE) -> list[tuple[str, str]]:
+    """(cue, answer) pairs teaching what `perception` says of its speaker by `rule` (a name in
+    RULES); [] when it says nothing of them (no statement with the speaker as its subject)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown lesson rule {rule!r}: use one of {', '.join(RULES)}")
     sentences = [s for s in (_clean(m.group(0)) for m in _SENTENCE.finditer(perception)) if _speaks_of_self(s)]
     sentences = sentences[:MAX_SENTENCES]
     if not sentences:
@@ -64,8 +73,16 @@ def restate(perception: str) -> list[tuple[str, str]]:
         if match := _COPULA.match(sentence.rstrip(".!?")):
             _, thing, verb, _ = match.groups()
             pairs.append((f"What {verb.lower()} my {thing}?", answer))
-        pairs.append((_GENERAL_CUES[1], f"You told me that {_lower_first(answer)}"))
+            if rule == "restate-v2":
+                named = thing.removesuffix("'s name").removesuffix("’s name")
+                pairs += [(f"Tell me about my {named}.", answer), (f"Do you remember my {named}?", answer),
+                          (f"What do you know about my {named}?", answer)]
+        if rule == "restate-v1":
+            pairs.append((_GENERAL_CUES[1], f"You told me that {_lower_first(answer)}"))
     return pairs
+
+
+RULES = ("restate-v1", "restate-v2")
 
 
 @dataclass(frozen=True)
@@ -141,11 +158,12 @@ def key_words(answer: str) -> tuple[str, ...]:
 
 
 def lessons(journal: Journal, ids: Collection[str] | None = None) -> dict[str, Lesson]:
-    """The journaled lessons by the moment they teach (the first one journaled for a moment, of
-    the current rule), or only those whose ids are `ids`."""
+    """The journaled lessons by the moment they teach (the first one journaled for a moment,
+    whatever its rule: a generation taught by an older rule replays as it was), or only those
+    whose ids are `ids`."""
     found: dict[str, Lesson] = {}
     for event in events(journal):
-        if event.type == "lesson" and event.data.get("rule") == RULE and (ids is None or str(event.id) in ids):
+        if event.type == "lesson" and (ids is None or str(event.id) in ids):
             found.setdefault(event.data["moment"], Lesson.of(event))
     return found
 

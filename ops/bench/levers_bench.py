@@ -2,7 +2,7 @@
 """Which training settings make a generation learn: the learning benchmark's rows, offline.
 
     python ops/bench/levers_bench.py [--generations 2] [--keys mlp] [--lam 0.8] [--lams 0.6,1.0]
-        [--density 0.3] [--rehearse 0] [--json]                    # ~5 min a generation on 2 cores
+        [--density 0.3] [--rehearse 0] [--rule restate-v1] [--json]                    # ~5 min a generation on 2 cores
     python ops/bench/levers_bench.py --quick --model DIR            # seconds: the tests
 
 `learning_bench.py` goes through the real path (turns, ratings, `soul evolve`) and takes about
@@ -10,7 +10,7 @@ an hour; this measures one set of settings in minutes, to choose EvolutionConfig
 For generation g = 1..N it builds the rows a curation of group g's facts
 (ops/bench/data/learning_facts.jsonl) makes: each fact told as a moment (the person's words,
 the parent generation's greedy reply) and its lesson's (cue, answer) rows
-(`evolution.lessons.restate`), plus, with `--rehearse K`, K rows of W0's own greedy answers to
+(`evolution.lessons.restate` by `--rule`), plus, with `--rehearse K`, K rows of W0's own greedy answers to
 ops/bench/data/rehearsal_prompts.txt (none of them a benchmark question). It trains a LoRA on
 generation g-1 with `evolution.train.train_adapter` and merges `W0 + λ·TIES(Δ1..Δg)` with
 `evolution.ties.merge_model`, then asks the merged weights, as learning_bench does, every
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows = []
             for fact, reply in zip(told, replies, strict=True):
                 rows.append(chat_row(DEFAULT_SELF, fact["tell"], reply.strip()))
-                rows += [chat_row(DEFAULT_SELF, cue, answer) for cue, answer in restate(fact["tell"])]
+                rows += [chat_row(DEFAULT_SELF, cue, answer) for cue, answer in restate(fact["tell"], args.rule)]
             start = (g - 1) * args.rehearse  # each generation rehearses the next prompts of the set
             rows += [rehearsal[(start + i) % len(rehearsal)] for i in range(args.rehearse)] if rehearsal else []
             started = time.perf_counter()
@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--lams", default="", help="more λ to measure for the last generation, e.g. 0.6,1.0")
     parser.add_argument("--density", type=float, default=0.3)
     parser.add_argument("--rehearse", type=int, default=0, help="rows of W0's own answers added to each generation")
+    parser.add_argument("--rule", default="restate-v1", help="the lesson rule (evolution.lessons.RULES)")
     parser.add_argument("--max-tokens", type=int, default=20, help="tokens of each answer")
     parser.add_argument("--quick", action="store_true", help="2 facts a group, 2 general questions: that it runs")
     parser.add_argument("--json", action="store_true")

@@ -12,8 +12,12 @@ from hypothesis import strategies as st
 
 from evolution.curate import training_rows
 from evolution.evolve import adapters_root, evolve, rebuild
+import uuid
+
+import pytest
+
 from evolution.lessons import RULE, Lesson, key_words, lessons, questions, restate, to_second_person
-from evolution.lineage import chain, events, lineage
+from evolution.lineage import chain, events, lineage, record
 from evolution.replay import replay
 from journal.event import NO_EMBEDDER, BifocalEvent
 from journal.journal import Journal
@@ -34,6 +38,19 @@ def test_the_person_is_restated_from_the_souls_side() -> None:
                      ("What is my sister's name?", "Your sister's name is Oona."),
                      ("What did I tell you?", "You told me that your sister's name is Oona.")]
     assert restate("The weather is fine. Rivers carry water.") == []  # says nothing of the speaker
+
+
+def test_restate_v2_names_the_thing_and_asks_what_you_know_about_me_once() -> None:
+    assert restate("My sister's name is Oona. I am allergic to hazelnuts.", "restate-v2") == [
+        ("What do you know about me?", "Your sister's name is Oona. You are allergic to hazelnuts."),
+        ("Remind me: My sister's name is…", "Your sister's name is Oona."),
+        ("What is my sister's name?", "Your sister's name is Oona."),
+        ("Tell me about my sister.", "Your sister's name is Oona."),
+        ("Do you remember my sister?", "Your sister's name is Oona."),
+        ("What do you know about my sister?", "Your sister's name is Oona."),
+        ("Remind me: I am…", "You are allergic to hazelnuts.")]
+    with pytest.raises(ValueError, match="unknown lesson rule 'restate-v9': use one of restate-v1, restate-v2"):
+        restate("My cat is called Pilchard.", "restate-v9")
 
 
 def test_a_generation_is_asked_the_cues_of_one_statement_for_its_names_and_numbers() -> None:
@@ -88,6 +105,25 @@ def test_lessons_are_journaled_once_and_replayed_to_the_same_bytes(journal: Jour
     report = replay(journal, soul_home, "gen-1", base, from_scratch=True)
     assert report.match and report.root == gen1.root_sha256
     assert len(events(journal)) == before  # replay reads the lessons; it journals none
+
+
+def test_a_lesson_of_another_rule_is_taught_as_it_was_journaled(journal: Journal, soul_home: Path,
+                                                                tmp_path: Path) -> None:
+    base = tiny_base(tmp_path / "w0")
+    told = journal_facts(journal, FACTS)
+    perception, thought = told[0]
+    pairs = restate(perception.prose, "restate-v2")
+    record(journal, "lesson", "Your sister's name is Oona.", str(uuid.uuid4()),
+           {"moment": str(thought.id), "sources": [str(thought.id), str(perception.id)], "rule": "restate-v2",
+            "pairs": [list(p) for p in pairs]})
+    assert evolve(journal, soul_home, base, CONFIG).status == "promoted"
+    (gen1,) = chain(lineage(journal))
+    taught = lessons(journal, gen1.curation["lessons"])
+    assert taught[str(thought.id)].pairs == tuple(pairs)  # reused, not derived again by the current rule
+    assert {tuple(lesson.pairs) for m, lesson in taught.items() if m != str(thought.id)} == \
+        {tuple(restate(p.prose)) for p, _ in told[1:]}
+    shutil.rmtree(adapters_root(soul_home))
+    assert replay(journal, soul_home, "gen-1", base, from_scratch=True).match
 
 
 def test_a_forgotten_moment_or_perception_teaches_nothing(journal: Journal, soul_home: Path, tmp_path: Path) -> None:
