@@ -2,7 +2,7 @@
 """Which training settings make a generation learn: the learning benchmark's rows, offline.
 
     python ops/bench/levers_bench.py [--generations 2] [--keys mlp] [--lam 0.8] [--lams 0.6,1.0]
-        [--density 0.3] [--rehearse 0] [--rule restate-v1] [--json]                    # ~5 min a generation on 2 cores
+        [--density 0.3] [--rehearse 0] [--rule restate-v1] [--json]   # ~5 min a generation on 2 cores
     python ops/bench/levers_bench.py --quick --model DIR            # seconds: the tests
 
 `learning_bench.py` goes through the real path (turns, ratings, `soul evolve`) and takes about
@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # runnable from a checkout without an editable install
     sys.path.insert(0, str(ROOT))
 
+from evolution.lessons import RULE, RULES  # noqa: E402
 from evolution.weights.blas import reexec_with_optimized_blas  # noqa: E402
 
 KEYS = {"mlp": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
@@ -131,7 +132,7 @@ def main() -> None:
     parser.add_argument("--lams", default="", help="more λ to measure for the last generation, e.g. 0.6,1.0")
     parser.add_argument("--density", type=float, default=0.3)
     parser.add_argument("--rehearse", type=int, default=0, help="rows of W0's own answers added to each generation")
-    parser.add_argument("--rule", default="restate-v1", help="the lesson rule (evolution.lessons.RULES)")
+    parser.add_argument("--rule", default=RULE, choices=RULES, help="the lesson rule (evolution/lessons.py)")
     parser.add_argument("--max-tokens", type=int, default=20, help="tokens of each answer")
     parser.add_argument("--quick", action="store_true", help="2 facts a group, 2 general questions: that it runs")
     parser.add_argument("--json", action="store_true")

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import re
 import shutil
+import uuid
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from evolution.curate import training_rows
 from evolution.evolve import adapters_root, evolve, rebuild
-import uuid
-
-import pytest
-
 from evolution.lessons import RULE, Lesson, key_words, lessons, questions, restate, to_second_person
 from evolution.lineage import chain, events, lineage, record
 from evolution.replay import replay
