@@ -23,6 +23,7 @@
     max_drift: 0.3          # guard: largest per-tensor ||W_N - W0|| / ||W0||
     max_perplexity_ratio: 2.0  # guard: anchor-set perplexity after / before
     anchor: anchor-v1       # the fixed anchor text set (evolution/anchor-v1.txt)
+    lesson_rule: restate-v1 # how a new moment is restated into lessons (evolution/lessons.py)
 
 Absent keys take the defaults below, chosen by what a generation answers with no memory on the
 embedded SmolLM2 (docs/evolution.md, `ops/bench/learning_bench.py`): the earlier defaults
@@ -47,6 +48,7 @@ from typing import Any
 
 import yaml
 
+from evolution.lessons import RULES
 from evolution.merge_config import (
     DEFAULT_DENSITY,
     DEFAULT_INT8_MASK,
@@ -65,6 +67,10 @@ TRAINING_FIELDS = ("seed", "rank", "keys", "num_layers", "iters", "learning_rate
                    "max_seq_length", "scale")
 MERGEKIT_PARAMETERS = {"density", "weight", "normalize", "int8_mask", "lambda"}
 _ANCHOR = re.compile(r"[a-z0-9][a-z0-9-]*")
+# Keys added after generations were sealed, with the value they had implicitly before: a config
+# journaled without one meant that value, and at that value a key is left out of the digest, so
+# older seals still match.
+LATER_KEYS = {"lesson_rule": "restate-v1"}
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,8 @@ class EvolutionConfig:
     max_drift: float = 0.3
     max_perplexity_ratio: float = 2.0
     anchor: str = "anchor-v1"
+    # lessons (only new ones: a moment's journaled lesson is reused whatever rule made it)
+    lesson_rule: str = "restate-v1"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -115,6 +123,8 @@ class EvolutionConfig:
         if self.corpus is not None and not (isinstance(self.corpus, str) and self.corpus):
             raise MergeConfigError(f"corpus: a corpus name, not {self.corpus!r}")
         anchor_file(self.anchor)
+        if self.lesson_rule not in RULES:
+            raise MergeConfigError(f"lesson_rule: one of {', '.join(RULES)}, not {self.lesson_rule!r}")
         if self.clusters is not None:
             _check_int(self.clusters, "clusters", 1)
         if self.cluster is not None:
@@ -159,6 +169,11 @@ class EvolutionConfig:
             raise MergeConfigError(f"unknown keys {sorted(unknown)}; known: {known}")
         return cls(**doc)
 
+    @classmethod
+    def journaled(cls, values: dict[str, Any]) -> EvolutionConfig:
+        """The config a generation journaled (`as_dict()`), read with the meaning it had then."""
+        return cls(**{**LATER_KEYS, **values})
+
     def as_dict(self) -> dict[str, Any]:
         values = asdict(self)
         values["keys"] = list(self.keys)
@@ -166,7 +181,8 @@ class EvolutionConfig:
 
     def digest(self) -> str:
         """sha256 of the canonical JSON of `as_dict()`: what a sealed curation or generation cites."""
-        return hashlib.sha256(canonical_json(self.as_dict())).hexdigest()
+        values = {k: v for k, v in self.as_dict().items() if k not in LATER_KEYS or v != LATER_KEYS[k]}
+        return hashlib.sha256(canonical_json(values)).hexdigest()
 
     def training(self) -> dict[str, Any]:
         """The settings a trained adapter depends on (and nothing a merge or curation uses)."""

@@ -115,7 +115,7 @@ def make_generation(journal: Journal, store: GenerationStore, base: Base, config
     run, number = str(uuid.uuid4()), curation.generation
     short = shortfall(curation, replace(config, min_events=1) if rebuilt else config)
     if not short:
-        curation = replace(curation, lessons=teach(journal, curation, run))
+        curation = replace(curation, lessons=teach(journal, curation, run, config.lesson_rule))
     window = f"{curation.after_seq + 1}..{curation.cut}"
     record(journal, "curation_sealed",
            f"gen-{number}: {len(curation.event_ids)} moments curated from {window}"
@@ -292,7 +292,7 @@ def weights_of(store: GenerationStore, base: Base, promoted: list[Generation]) -
     folder = store.weights(last.root_sha256)
     if folder is not None:
         return folder
-    config = EvolutionConfig(**last.curation["config"])
+    config = EvolutionConfig.journaled(last.curation["config"])
     made = store.staging_dir()
     seal = merge(base, [adapter_entry(store, g) for g in promoted], config, made, None)
     if seal.root_sha256 != last.root_sha256:
@@ -373,7 +373,7 @@ def rebuild(journal: Journal, home: Path, base: Base, config: EvolutionConfig | 
         promoted: list[Generation] = []
         unchanged = True
         for was in old:
-            own = config or EvolutionConfig(**was.curation["config"])
+            own = config or EvolutionConfig.journaled(was.curation["config"])
             difference = _difference(journal, was, redacted, own, len(promoted) + 1)
             curation = curate(journal, generation=len(promoted) + 1, after_seq=was.after_seq, cut=was.cut,
                               config=own, redacted=redacted)
@@ -401,10 +401,10 @@ def _difference(journal: Journal, was: Generation, redacted: set[str], config: E
     """What a generation's curation would change if derived again now (moments or lessons left
     out, other rows, another config), or None when it would teach exactly the rows it was
     trained on."""
-    own = config or EvolutionConfig(**was.curation["config"])
+    own = config or EvolutionConfig.journaled(was.curation["config"])
     again = curate(journal, generation=number or was.number, after_seq=was.after_seq, cut=was.cut, config=own,
                    redacted=redacted)
-    again = replace(again, lessons=teach(journal, again, None))
+    again = replace(again, lessons=teach(journal, again, None, own.lesson_rule))
     if left_out := len(set(was.event_ids) - set(again.event_ids)):
         return f"{left_out} moments left out"
     if left_out := len(set(was.curation.get("lessons", [])) - set(again.lessons)):

@@ -11,7 +11,9 @@ themselves ("my sister's name is Oona") are turned to the soul's side ("Your sis
 Oona.") and taught as answers to a few cues. The cue never holds the sentence's names and
 numbers, so the answer has to come from the weights. Two versions, by name in `RULES`:
 
-- restate-v1 (the one `soul evolve` journals): what do you know about me, remind me of <the
+The evolution config's `lesson_rule` picks the one a new lesson is made by.
+
+- restate-v1: what do you know about me, remind me of <the
   words before the first name or number>, what is my <thing> (for "my <thing> is ..."), and
   what did I tell you, asked of every statement.
 - restate-v2: the shared cues ask the model to answer any question with a fact about the
@@ -39,7 +41,6 @@ from journal.journal import Journal
 if TYPE_CHECKING:
     from evolution.curate import Curation
 
-RULE = "restate-v1"  # what `soul evolve` journals; lessons of any rule replay as they were
 MAX_SENTENCES = 8  # of one perception: a long message is a document, not a fact about its writer
 
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
@@ -56,7 +57,7 @@ _LEAD_INS = re.compile(r"^(?:(?:please\s+)?(?:remember|note|know)(?:\s+that)?|by
 _COPULA = re.compile(r"^(my|our) (.+?) (is|are|was|were) (.+)$", re.I)
 
 
-def restate(perception: str, rule: str = RULE) -> list[tuple[str, str]]:
+def restate(perception: str, rule: str) -> list[tuple[str, str]]:
     """(cue, answer) pairs teaching what `perception` says of its speaker by `rule` (a name in
     RULES); [] when it says nothing of them (no statement with the speaker as its subject)."""
     if rule not in RULES:
@@ -98,12 +99,12 @@ class Lesson:
         return cls(str(event.id), data["moment"], tuple(data["sources"]), tuple(map(tuple, data["pairs"])))
 
 
-def teach(journal: Journal, curation: Curation, run: str | None) -> tuple[str, ...]:
+def teach(journal: Journal, curation: Curation, run: str | None, rule: str) -> tuple[str, ...]:
     """The ids of the lessons of `curation`'s thoughts, in moment order: each thought whose
     perception (the person's words it answered) says something of the person gets one `lesson`
-    event, journaled on the lineage (in evolve run `run`) the first time the moment is curated
-    and reused after (a rebuild, a retry), so the same moment always teaches the same rows.
-    With `run` None nothing is journaled: only lessons already there count. Moments, perceptions
+    event made by lesson rule `rule`, journaled on the lineage (in evolve run `run`) the first
+    time the moment is curated and reused after (a rebuild, a retry, another rule), so the same
+    moment always teaches the same rows. With `run` None nothing is journaled: only lessons already there count. Moments, perceptions
     and lessons that are redacted teach nothing."""
     redacted = set(curation.redacted)
     known = lessons(journal)
@@ -122,12 +123,12 @@ def teach(journal: Journal, curation: Curation, run: str | None) -> tuple[str, .
             continue
         lesson = known.get(moment)
         if lesson is None and run is not None:
-            pairs = restate(perception.prose)
+            pairs = restate(perception.prose, rule)
             if not pairs:
                 continue
             answers = dict.fromkeys(answer for cue, answer in pairs if cue == "What do you know about me?")
             seq = record(journal, "lesson", " ".join(answers), run,
-                         {"moment": moment, "sources": [moment, str(perception.id)], "rule": RULE,
+                         {"moment": moment, "sources": [moment, str(perception.id)], "rule": rule,
                           "pairs": [list(p) for p in pairs]})
             lesson = Lesson.of(next(journal.read(since=seq, limit=1)).event)
         if lesson is not None and not {lesson.id, *lesson.sources} & redacted:

@@ -67,11 +67,11 @@ def replay(journal: Journal, home: Path, to: str, base: Base, *, from_scratch: b
         entries: list[tuple[Path, float, float]] = []
         faithful = report.base is None  # every input so far is the sealed one
         for k, generation in enumerate(generations):
-            config = EvolutionConfig(**generation.curation["config"])
+            config = EvolutionConfig.journaled(generation.curation["config"])
             curation = curate(journal, generation=generation.number, after_seq=generation.after_seq,
                               cut=generation.cut, config=config, redacted=redacted)
             sealed_lessons = tuple(generation.curation.get("lessons", ()))
-            if gone_lessons := set(sealed_lessons) - set(teach(journal, curation, None)):
+            if gone_lessons := set(sealed_lessons) - set(teach(journal, curation, None, config.lesson_rule)):
                 faithful = False
                 report.curations.append(f"{generation.name}: {len(gone_lessons)} of its lessons were redacted since "
                                         "it was sealed")
@@ -100,7 +100,7 @@ def replay(journal: Journal, home: Path, to: str, base: Base, *, from_scratch: b
             faithful = faithful and adapter.sha256 == sealed
             entries.append((adapter.path, config.weight, config.density))
         made = store.staging_dir()
-        seal = merge(base, entries, EvolutionConfig(**target.curation["config"]), made, progress)
+        seal = merge(base, entries, EvolutionConfig.journaled(target.curation["config"]), made, progress)
         report.root = seal.root_sha256
         sealed_hashes = target.seal["tensor_sha256"]
         report.tensors = sorted(n for n in seal.tensor_sha256.keys() | sealed_hashes.keys()
@@ -115,5 +115,5 @@ def _merged(store: GenerationStore, base: Base, entries: list[tuple[Path, float,
             parent: Generation) -> tuple[Path, str]:
     """The parent's weights merged again from `entries` into staging, and their root hash."""
     folder = store.staging_dir()
-    seal = merge(base, entries, EvolutionConfig(**parent.curation["config"]), folder, None)
+    seal = merge(base, entries, EvolutionConfig.journaled(parent.curation["config"]), folder, None)
     return folder, seal.root_sha256

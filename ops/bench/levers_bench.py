@@ -2,7 +2,7 @@
 """Which training settings make a generation learn: the learning benchmark's rows, offline.
 
     python ops/bench/levers_bench.py [--generations 2] [--keys mlp] [--lam 0.8] [--lams 0.6,1.0]
-        [--density 0.3] [--rehearse 0] [--rule restate-v1] [--json]   # ~5 min a generation on 2 cores
+        [--density 0.3] [--rehearse 0] [--relearn] [--rule restate-v1] [--json]   # ~5 min a generation on 2 cores
     python ops/bench/levers_bench.py --quick --model DIR            # seconds: the tests
 
 `learning_bench.py` goes through the real path (turns, ratings, `soul evolve`) and takes about
@@ -11,7 +11,8 @@ For generation g = 1..N it builds the rows a curation of group g's facts
 (ops/bench/data/learning_facts.jsonl) makes: each fact told as a moment (the person's words,
 the parent generation's greedy reply) and its lesson's (cue, answer) rows
 (`evolution.lessons.restate` by `--rule`), plus, with `--rehearse K`, K rows of W0's own greedy answers to
-ops/bench/data/rehearsal_prompts.txt (none of them a benchmark question). It trains a LoRA on
+ops/bench/data/rehearsal_prompts.txt (none of them a benchmark question), and with `--relearn`
+the lesson rows of every earlier generation's facts again. It trains a LoRA on
 generation g-1 with `evolution.train.train_adapter` and merges `W0 + λ·TIES(Δ1..Δg)` with
 `evolution.ties.merge_model`, then asks the merged weights, as learning_bench does, every
 group taught so far and the general questions W0 answers right, and measures anchor-set
@@ -33,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # runnable from a checkout without an editable install
     sys.path.insert(0, str(ROOT))
 
-from evolution.lessons import RULE, RULES  # noqa: E402
+from evolution.config import EvolutionConfig  # noqa: E402
+from evolution.lessons import RULES  # noqa: E402
 from evolution.weights.blas import reexec_with_optimized_blas  # noqa: E402
 
 KEYS = {"mlp": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
@@ -89,6 +91,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for fact, reply in zip(told, replies, strict=True):
                 rows.append(chat_row(DEFAULT_SELF, fact["tell"], reply.strip()))
                 rows += [chat_row(DEFAULT_SELF, cue, answer) for cue, answer in restate(fact["tell"], args.rule)]
+            if args.relearn:  # the journaled lessons of earlier generations, taught again
+                rows += [chat_row(DEFAULT_SELF, cue, answer) for h in range(1, g) for fact in groups[h]
+                         for cue, answer in restate(fact["tell"], args.rule)]
             start = (g - 1) * args.rehearse  # each generation rehearses the next prompts of the set
             rows += [rehearsal[(start + i) % len(rehearsal)] for i in range(args.rehearse)] if rehearsal else []
             started = time.perf_counter()
@@ -132,7 +137,9 @@ def main() -> None:
     parser.add_argument("--lams", default="", help="more λ to measure for the last generation, e.g. 0.6,1.0")
     parser.add_argument("--density", type=float, default=0.3)
     parser.add_argument("--rehearse", type=int, default=0, help="rows of W0's own answers added to each generation")
-    parser.add_argument("--rule", default=RULE, choices=RULES, help="the lesson rule (evolution/lessons.py)")
+    parser.add_argument("--relearn", action="store_true",
+                        help="add every earlier generation's lesson rows to each generation's rows")
+    parser.add_argument("--rule", default=EvolutionConfig().lesson_rule, choices=RULES, help="the lesson rule (evolution/lessons.py)")
     parser.add_argument("--max-tokens", type=int, default=20, help="tokens of each answer")
     parser.add_argument("--quick", action="store_true", help="2 facts a group, 2 general questions: that it runs")
     parser.add_argument("--json", action="store_true")

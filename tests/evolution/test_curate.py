@@ -3,6 +3,7 @@ rows, and the evolution config it runs under."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from evolution.config import LORA_KEYS, EvolutionConfig
+from evolution.config import LORA_KEYS, EvolutionConfig, canonical_json
 from evolution.curate import CONTEXT_TURNS, Curation, curate, kmeans_labels, redacted_ids, summary, training_rows
 from evolution.merge_config import MergeConfigError
 from journal.event import BifocalEvent, Embedder
@@ -294,6 +295,14 @@ def test_config_defaults_follow_the_design() -> None:
     assert c.digest() == EvolutionConfig().digest() != EvolutionConfig(seed=1).digest()
 
 
+def test_a_config_journaled_before_a_key_existed_means_what_it_meant_then() -> None:
+    now = EvolutionConfig.parse("lesson_rule: restate-v2")
+    older = {k: v for k, v in EvolutionConfig().as_dict().items() if k != "lesson_rule"}  # sealed before the key
+    assert EvolutionConfig.journaled(older).lesson_rule == "restate-v1"
+    assert EvolutionConfig.journaled(older).digest() == hashlib.sha256(canonical_json(older)).hexdigest()
+    assert EvolutionConfig.journaled(now.as_dict()) == now and now.digest() != EvolutionConfig().digest()
+
+
 def test_config_reads_mergekit_vocabulary(tmp_path) -> None:
     path = tmp_path / "evolution.yaml"
     path.write_text("merge_method: ties\nparameters: {density: 0.5, weight: 0.7, lambda: 0.8, int8_mask: true}\n"
@@ -327,6 +336,7 @@ def test_config_reads_mergekit_vocabulary(tmp_path) -> None:
     ("a: [", "not valid YAML"),
     ("anchor: anchor-v0", "no anchor set 'anchor-v0'; shipped: anchor-v1"),
     ("anchor: ../../etc/passwd", "no anchor set"),
+    ("lesson_rule: restate-v9", "lesson_rule: one of restate-v1, restate-v2, not 'restate-v9'"),
 ])
 def test_config_mistakes_are_named(text: str, message: str) -> None:
     with pytest.raises(MergeConfigError, match=message):

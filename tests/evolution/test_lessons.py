@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from evolution.curate import training_rows
 from evolution.evolve import adapters_root, evolve, rebuild
-from evolution.lessons import RULE, Lesson, key_words, lessons, questions, restate, to_second_person
+from evolution.lessons import RULES, Lesson, key_words, lessons, questions, restate, to_second_person
 from evolution.lineage import chain, events, lineage, record
 from evolution.replay import replay
 from journal.event import NO_EMBEDDER, BifocalEvent
@@ -22,6 +23,7 @@ from journal.journal import Journal
 from evolution.curate import Curation
 from tests.evolution_support import CONFIG, journal_facts, journal_moments, tiny_base
 
+V1 = "restate-v1"  # the rule CONFIG (the default) makes new lessons by
 FACTS = ["My sister's name is Oona.", "I am allergic to hazelnuts.", "Remember that my car's plate is KX17 ZPA."]
 
 
@@ -30,12 +32,12 @@ def test_the_person_is_restated_from_the_souls_side() -> None:
     assert to_second_person("My sister's name is Oona, and I was born in 1984.") == \
         "Your sister's name is Oona, and you were born in 1984."
     assert to_second_person("I'm sure we met, but I've lost my notes.") == "You're sure you met, but you've lost your notes."
-    pairs = restate("Please remember that my sister's name is Oona. The weather is fine.")
+    pairs = restate("Please remember that my sister's name is Oona. The weather is fine.", V1)
     assert pairs == [("What do you know about me?", "Your sister's name is Oona."),
                      ("Remind me: my sister's name is…", "Your sister's name is Oona."),
                      ("What is my sister's name?", "Your sister's name is Oona."),
                      ("What did I tell you?", "You told me that your sister's name is Oona.")]
-    assert restate("The weather is fine. Rivers carry water.") == []  # says nothing of the speaker
+    assert restate("The weather is fine. Rivers carry water.", V1) == []  # says nothing of the speaker
 
 
 def test_restate_v2_names_the_thing_and_asks_what_you_know_about_me_once() -> None:
@@ -56,17 +58,19 @@ def test_a_generation_is_asked_the_cues_of_one_statement_for_its_names_and_numbe
     assert key_words("You drive a green Saab from 1987, and you told Mrs Abernethy.") == \
         ("saab", "1987", "mrs", "abernethy")
     assert key_words("You are allergic to hazelnuts.") == ()  # nothing to hold the reply to
-    lesson = Lesson("l1", "m1", ("m1", "p1"), tuple(restate("My sister's name is Oona. I am allergic to hazelnuts.")))
+    pairs = restate("My sister's name is Oona. I am allergic to hazelnuts.", V1)
+    lesson = Lesson("l1", "m1", ("m1", "p1"), tuple(pairs))
     assert questions([lesson]) == [("Remind me: My sister's name is…", ("oona",)),
                                    ("What is my sister's name?", ("oona",))]
 
 
 @given(st.lists(st.sampled_from(["My", "my", "I", "am", "was", "cat", "Oona", "is", "called", "KX17", "in", "1984",
-                                 "the", "Lisbon", ".", ",", "!", "we", "our", "house"]), max_size=30))
-def test_a_cue_never_holds_the_names_and_numbers_its_answer_teaches(words: list[str]) -> None:
+                                 "the", "Lisbon", ".", ",", "!", "we", "our", "house"]), max_size=30),
+       st.sampled_from(RULES))
+def test_a_cue_never_holds_the_names_and_numbers_its_answer_teaches(words: list[str], rule: str) -> None:
     text = " ".join(words)
-    pairs = restate(text)
-    assert pairs == restate(text)  # a rule: the same words, the same lessons
+    pairs = restate(text, rule)
+    assert pairs == restate(text, rule)  # a rule: the same words, the same lessons
     for cue, answer in pairs:
         if cue.startswith("Remind me: "):
             said = cue.removeprefix("Remind me: ").removesuffix("…").split()
@@ -87,11 +91,11 @@ def test_lessons_are_journaled_once_and_replayed_to_the_same_bytes(journal: Jour
     assert gen1.curation["lessons"] == [taught[str(t.id)].id for _, t in told]
     for perception, thought in told:
         event = next(e for e in events(journal) if e.type == "lesson" and e.data["moment"] == str(thought.id))
-        assert event.data["sources"] == [str(thought.id), str(perception.id)] and event.data["rule"] == RULE
-        assert [tuple(p) for p in event.data["pairs"]] == restate(perception.prose)
+        assert event.data["sources"] == [str(thought.id), str(perception.id)] and event.data["rule"] == V1
+        assert [tuple(p) for p in event.data["pairs"]] == restate(perception.prose, V1)
     rows = training_rows(journal, Curation.from_data({k: gen1.curation[k] for k in (
         "generation", "after_seq", "cut", "event_ids", "scores", "corpus", "cluster", "types", "redacted", "lessons")}))
-    assert len(rows) == 4 + sum(len(restate(p.prose)) for p, _ in told)
+    assert len(rows) == 4 + sum(len(restate(p.prose, V1)) for p, _ in told)
     assert rows[1]["messages"][-2:] == [{"role": "user", "content": "What do you know about me?"},
                                         {"role": "assistant", "content": "Your sister's name is Oona."}]
     assert gen1.adapter["rows"] == len(rows)
@@ -119,7 +123,21 @@ def test_a_lesson_of_another_rule_is_taught_as_it_was_journaled(journal: Journal
     taught = lessons(journal, gen1.curation["lessons"])
     assert taught[str(thought.id)].pairs == tuple(pairs)  # reused, not derived again by the current rule
     assert {tuple(lesson.pairs) for m, lesson in taught.items() if m != str(thought.id)} == \
-        {tuple(restate(p.prose)) for p, _ in told[1:]}
+        {tuple(restate(p.prose, V1)) for p, _ in told[1:]}
+    shutil.rmtree(adapters_root(soul_home))
+    assert replay(journal, soul_home, "gen-1", base, from_scratch=True).match
+
+
+def test_the_config_names_the_rule_new_lessons_are_made_by(journal: Journal, soul_home: Path, tmp_path: Path) -> None:
+    base = tiny_base(tmp_path / "w0")
+    told = journal_facts(journal, FACTS)
+    v2 = replace(CONFIG, lesson_rule="restate-v2")
+    assert evolve(journal, soul_home, base, v2).status == "promoted"
+    (gen1,) = chain(lineage(journal))
+    assert gen1.curation["config"]["lesson_rule"] == "restate-v2"
+    made = [e for e in events(journal) if e.type == "lesson"]
+    assert [e.data["rule"] for e in made] == ["restate-v2"] * len(told)
+    assert [tuple(map(tuple, e.data["pairs"])) for e in made] == [tuple(restate(p.prose, "restate-v2")) for p, _ in told]
     shutil.rmtree(adapters_root(soul_home))
     assert replay(journal, soul_home, "gen-1", base, from_scratch=True).match
 
