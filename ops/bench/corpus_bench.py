@@ -2,6 +2,7 @@
 """Corpus ingest of a ~2,000-file source tree: files/s, chunks/s, and where the time goes.
 
     python ops/bench/corpus_bench.py [--files 2000] [--max-files N] [--source DIR] [--json]
+    python ops/bench/corpus_bench.py --quick      # 2 files: seconds, the tests
 
 Copies the first `--files` .py files of `--source` (default: this interpreter's site-packages)
 into a temporary folder (not a git work tree: all its files are listed), starts its own embedded
@@ -79,17 +80,19 @@ def ingest(journal: Journal, runner: ProjectionRunner, embedder: Any, tree: Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--files", type=int, default=2000, help="files in the tree (default 2000)")
+    parser.add_argument("--files", type=int, help="files in the tree (default 2000; --quick: 2)")
     parser.add_argument("--max-files", type=int, help="ingest only the first N files (default: all)")
     parser.add_argument("--source", type=Path, default=Path(sysconfig.get_paths()["purelib"]),
                         help="where the .py files come from (default: site-packages)")
+    parser.add_argument("--quick", action="store_true", help="a tree of 2 files: that it runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     args = parser.parse_args()
+    files = args.files or (2 if args.quick else 2000)
     reexec_with_optimized_blas()  # embed as `soul corpus add` does
 
     with common.real_parts() as (home, _, pg_url):
         tree = home / "tree"
-        copied = copy_tree(args.source, tree, args.files)
+        copied = copy_tree(args.source, tree, files)
         max_files = min(args.max_files or copied, copied)
         app = "bench" + uuid.uuid4().hex[:8]
         journal = Journal(app)

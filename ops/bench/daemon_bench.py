@@ -2,6 +2,7 @@
 """Turns through the daemon against the same turns in process; peer packets against raw JetStream.
 
     python ops/bench/daemon_bench.py [--model DIR] [--turns 3] [--packets 200] [--repeats 3] [--json]
+    python ops/bench/daemon_bench.py --quick --model DIR     # seconds: the tests
 
 Starts its own embedded nats-server and Postgres under a temporary SOUL_HOME (unless
 SOUL_NATS_URL / SOUL_PG_URL name servers). The model is `--model`, else the embedded
@@ -20,7 +21,8 @@ SmolLM2-135M-Instruct, converted into the temporary home first (~1 minute).
    the same server with the same bytes: N `js.publish` into a work-queue stream, then N
    fetch-and-ack. Rates and their ratios, for information (the journaling is the point).
 
-Exit status 1 if the target is missed.
+Exit status 1 if the target is missed. --quick: one measured turn of each and one round of 20
+packets, to show that it runs (give it a small --model); it judges no target.
 """
 
 from __future__ import annotations
@@ -194,14 +196,18 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=3, help="measured turns of each path (after one warm-up)")
     parser.add_argument("--packets", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3, help="packet rounds of each path, interleaved")
+    parser.add_argument("--quick", action="store_true", help="1 turn, 20 packets once, no target: for tests")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
+    if args.quick:
+        args.turns, args.packets, args.repeats = 1, min(args.packets, 20), 1
     with common.real_parts() as (home, url, pg_url):
         from evolution.weights.model import embedded_model_dir
 
         model = args.model or embedded_model_dir(home)
         figures = {"machine": common.machine(), "model": str(model.name),
                    "turns": turns(home, pg_url, model, args.turns), "packets": packets(url, pg_url, args.packets, args.repeats)}
+    figures["pass"] = None if args.quick else figures["turns"]["stream_ratio"] >= TARGET  # tiny: timings mean nothing
     if args.json:
         print(json.dumps(figures))
     else:
@@ -209,11 +215,12 @@ def main() -> None:
         for name, row in t["median"].items():
             print(f"turn {name:<11} first token {row['first_token_s'] * 1000:8.1f} ms  {row['chars_per_s']:8.1f} chars/s  "
                   f"turn {row['turn_s']:7.2f} s  ({row['tokens']:.0f} tokens)")
-        print(f"daemon/in-process streaming {t['stream_ratio']:.3f} (target >= {TARGET}); first token "
+        print(f"daemon/in-process streaming {t['stream_ratio']:.3f} (target >= {TARGET}"
+              f"{'; not judged' if args.quick else ''}); first token "
               f"{t['first_token_overhead_ms']:+.1f} ms, whole turn {t['turn_overhead_ms']:+.1f} ms")
         print(f"packets send {p['send_per_s']:8.1f}/s vs raw publish {p['raw_publish_per_s']:8.1f}/s  ratio {p['send_ratio']:.3f}")
         print(f"packets take {p['take_per_s']:8.1f}/s vs raw fetch+ack {p['raw_fetch_ack_per_s']:8.1f}/s  ratio {p['take_ratio']:.3f}")
-    if figures["turns"]["stream_ratio"] < TARGET:
+    if figures["pass"] is False:
         sys.exit(1)
 
 

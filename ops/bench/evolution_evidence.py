@@ -3,6 +3,7 @@
 
     python ops/bench/evolution_evidence.py [--iters 30] [--learning-rates 1e-5,2e-5,5e-5]
         [--densities 0.3,1.0] [--lambdas 0.5,0.7,1.0] [--only sweep|lineage] [--json]   # ~30 min
+    python ops/bench/evolution_evidence.py --quick --model DIR                          # seconds: the tests
 
 A curated set of chat rows teaches the soul facts and a style no base model knows (Wren, the
 soul of a fictional lighthouse, who ends every answer with "Steady light, steady heart.").
@@ -21,7 +22,8 @@ half of the facts; gen-2, trained on gen-1's weights, learns the second half; ge
 are W0 + λ·TIES(Δ1, Δ2), from W0 again. Each generation is measured on both halves.
 
 The figures choose EvolutionConfig's defaults (docs/evolution.md). Nothing is asserted: this
-is a measurement; it exits 0 unless something fails to run.
+is a measurement; it exits 0 unless something fails to run. --quick: 2 iterations, the last
+learning rate, density 1 and λ 1 only, to show that it runs (give it a small --model).
 """
 
 from __future__ import annotations
@@ -95,8 +97,12 @@ def main() -> None:
     parser.add_argument("--densities", default="0.3,1.0")
     parser.add_argument("--lambdas", default="0.5,0.7,1.0")
     parser.add_argument("--only", choices=["sweep", "lineage"], help="run one of the two experiments")
+    parser.add_argument("--quick", action="store_true", help="2 iterations, one rate, density and λ: for tests")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout instead of tables")
     args = parser.parse_args()
+    if args.quick:
+        args.iters, args.densities, args.lambdas = min(args.iters, 2), "1.0", "1.0"
+        args.learning_rates = args.learning_rates.split(",")[-1]
 
     from evolution.config import EvolutionConfig
     from evolution.evaluate import anchor_texts

@@ -2,6 +2,7 @@
 """Journal throughput against raw nats-py, in one run, on one server, with the same bytes.
 
     python ops/bench/journal_bench.py [--events N] [--singles M] [--repeats R] [--json]
+    python ops/bench/journal_bench.py --quick     # 200 events, 20 singles, 1 repeat: seconds, no target judged
 
 Starts its own embedded nats-server under a temporary SOUL_HOME (unless SOUL_NATS_URL is
 set), and measures, for a payload of 1 KB prose + a 384-d float32 vector encoded as real
@@ -25,7 +26,7 @@ DIRECT.GET reads); they carry no target.
 Every path is warmed up first, measured `--repeats` times (interleaved with its baseline)
 and reported as the median. Each path writes to its own fresh stream; streams are deleted
 at the end. The exit status is 1 if any ratio misses its target: benchmarks assert
-performance, unit tests do not.
+performance, unit tests do not. --quick judges no ratio (at its sizes they mean nothing).
 """
 
 from __future__ import annotations
@@ -713,13 +714,16 @@ def table(rows: list[Row]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=20_000, help="events read and written in batches (default 20000)")
-    parser.add_argument("--singles", type=int, default=3_000, help="single-event writes per repeat (default 3000)")
-    parser.add_argument("--repeats", type=int, default=3, help="measurements per path; the median is reported (default 3)")
+    parser.add_argument("--events", type=int, help="events read and written in batches (default 20000; --quick: 200)")
+    parser.add_argument("--singles", type=int, help="single-event writes per repeat (default 3000; --quick: 20)")
+    parser.add_argument("--repeats", type=int, help="measurements per path, median reported (default 3; --quick: 1)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, no ratio judged: that every path runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args()
-    events = max(BATCH, (args.events + BATCH - 1) // BATCH * BATCH)
-    singles = max(args.singles, 10)
+    events = args.events or (200 if args.quick else 20_000)
+    events = max(BATCH, (events + BATCH - 1) // BATCH * BATCH)
+    singles = max(args.singles or (20 if args.quick else 3000), 10)
+    repeats = args.repeats or (1 if args.quick else 3)
 
     home = None
     server = None
@@ -735,7 +739,7 @@ def main() -> int:
         say("external NATS at SOUL_NATS_URL (streams are deleted afterwards)")
     bench = None
     try:
-        bench = Bench(url, events, singles, args.repeats)
+        bench = Bench(url, events, singles, repeats)
         bench.bench_singles()
         bench.bench_batches()
         bench.bench_reads()
@@ -745,7 +749,8 @@ def main() -> int:
             "config": {
                 "events": events,
                 "singles": singles,
-                "repeats": args.repeats,
+                "repeats": repeats,
+                "quick": args.quick,
                 "batch": BATCH,
                 "page": PAGE,
                 "payload_bytes": payload,
@@ -756,7 +761,7 @@ def main() -> int:
             },
             "results": [r.as_json() for r in bench.rows],
         }
-        report["pass"] = all(r.verdict != "FAIL" for r in bench.rows)
+        report["pass"] = None if args.quick else all(r.verdict != "FAIL" for r in bench.rows)  # tiny sizes: unjudged
         say(f"done in {time.perf_counter() - T0:.1f}s")
     finally:
         if bench is not None:
@@ -779,8 +784,9 @@ def main() -> int:
         print()
         print(table(bench.rows))
         print()
-        print("PASS" if report["pass"] else "FAIL: at least one ratio misses its target")
-    return 0 if report["pass"] else 1
+        print({True: "PASS", False: "FAIL: at least one ratio misses its target",
+               None: "not judged (--quick)"}[report["pass"]])
+    return 1 if report["pass"] is False else 0
 
 
 if __name__ == "__main__":

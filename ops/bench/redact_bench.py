@@ -9,7 +9,7 @@ a corpus chunk, which is what `redact_secrets` sees. Each piece is redacted once
 figure is the median over repeats of thread CPU time per KB (CPU time, so that other processes on a
 shared machine do not count). `--baseline REV` measures journal/secrets.py as it is at REV too
 (default HEAD; `--baseline ''` for none), interleaved with the working tree's. Exit status 1 if the
-working tree's mix costs more than the target.
+working tree's mix costs more than the target; `--quick` (3 passes) shows the figures, unjudged.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", default="HEAD", help="git revision to compare with (default HEAD; '' for none)")
     parser.add_argument("--repeats", type=int, default=15, help="passes over the text per variant (default 15)")
-    parser.add_argument("--quick", action="store_true", help="3 passes: a figure in about a second")
+    parser.add_argument("--quick", action="store_true", help="3 passes, the target not judged: figures in a second")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args()
     repeats = 3 if args.quick else args.repeats
@@ -102,7 +102,7 @@ def main() -> int:
         "machine": common.machine(), "repeats": repeats, "target_us_per_kb": TARGET_US_PER_KB,
         "kb": {k: round(sum(len(t.encode()) for t in v) / 1024, 1) for k, v in texts.items()},
         "us_per_kb": {v: {k: round(statistics.median(f), 1) for k, f in kinds.items()} for v, kinds in timings.items()}}
-    report["pass"] = report["us_per_kb"]["working tree"]["mix"] <= TARGET_US_PER_KB
+    report["pass"] = None if args.quick else report["us_per_kb"]["working tree"]["mix"] <= TARGET_US_PER_KB
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -112,9 +112,9 @@ def main() -> int:
               f"median of {repeats} passes, thread CPU time")
         for variant, figures in report["us_per_kb"].items():
             print(f"{variant:>14}: " + ", ".join(f"{kind} {us:5.1f} µs/KB" for kind, us in figures.items()))
-        print(f"mix {report['us_per_kb']['working tree']['mix']} µs/KB (target <= {TARGET_US_PER_KB}): "
-              f"{'pass' if report['pass'] else 'MISS'}")
-    return 0 if report["pass"] else 1
+        verdict = {True: "pass", False: "MISS", None: "not judged (--quick)"}[report["pass"]]
+        print(f"mix {report['us_per_kb']['working tree']['mix']} µs/KB (target <= {TARGET_US_PER_KB}): {verdict}")
+    return 1 if report["pass"] is False else 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 summaries written for it by SmolLM2 (or --model) through the soul's own window.
 
     python ops/bench/summary_bench.py [--model DIR] [--facts N] [--json]
+    python ops/bench/summary_bench.py --quick --model DIR     # seconds: the tests
 
 For each fact (a name, a code, a date: FACTS), a conversation of its own: some chatter, the
 fact in one user turn, then chatter until two summaries cover the fact's turn. The user's turns
@@ -22,6 +23,8 @@ Per fact, whether its key word is in:
 Starts its own embedded nats-server and Postgres under a temporary SOUL_HOME (unless
 SOUL_NATS_URL / SOUL_PG_URL name servers). Greedy; the soul's default window (2,048 tokens,
 cut to half on eviction, a quarter for the summary, at most 96 tokens of the mind's words).
+--quick: the first 2 facts (one in a first sentence, one in a second), to show that it runs
+(give it a small --model).
 """
 
 from __future__ import annotations
@@ -156,8 +159,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="an MLX model directory (default: the embedded SmolLM2)")
     parser.add_argument("--facts", type=int, default=len(FACTS), help=f"facts to try, 1-{len(FACTS)} (default all)")
+    parser.add_argument("--quick", action="store_true", help="the first 2 facts: for tests")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args()
+    if args.quick:
+        args.facts = min(args.facts, 2)
     if not 1 <= args.facts <= len(FACTS):
         parser.error(f"--facts must be between 1 and {len(FACTS)}")
 

@@ -3,6 +3,7 @@
 
     python ops/bench/ties_bench.py [--layers 24] [--dim 1024] [--ffn 2048] [--adapters 3]
                                    [--rank 32] [--repeats 3] [--json]
+    python ops/bench/ties_bench.py --quick     # a 2-layer model of 0.3 MB, 1 repeat: seconds, the tests
 
 Generates into a temporary directory a synthetic float32 model in mlx-lm's layout (per layer
 q/k/v/o dim×dim and MLP gate/up/down ffn×dim, two shards plus an index; 1.0 GB by default)
@@ -18,7 +19,8 @@ Each run is its own subprocess, so each peak RSS (ru_maxrss) is that variant's a
 merges must seal the same root hash. Seconds are the median of `--repeats` interleaved runs
 (the page cache is warm: the files were just written); GB/s is base-model bytes per second.
 The exit status is 1 if the streaming merge's peak RSS exceeds a third of the in-memory one's
-or the root hashes differ: benchmarks assert performance, unit tests do not.
+or the root hashes differ: benchmarks assert performance, unit tests do not. --quick judges no
+memory target (the interpreter's own pages outweigh so small a model), only the root hashes.
 """
 
 from __future__ import annotations
@@ -209,18 +211,23 @@ def machine() -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=24)
-    parser.add_argument("--dim", type=int, default=1024)
-    parser.add_argument("--ffn", type=int, default=2048)
+    parser.add_argument("--layers", type=int, help="default 24; --quick: 2")
+    parser.add_argument("--dim", type=int, help="default 1024; --quick: 64")
+    parser.add_argument("--ffn", type=int, help="default 2048; --quick: 128")
     parser.add_argument("--adapters", type=int, default=3)
-    parser.add_argument("--rank", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3, help="runs per merge variant; the median time is reported")
+    parser.add_argument("--rank", type=int, help="default 32; --quick: 4")
+    parser.add_argument("--repeats", type=int, help="runs per variant, median time reported (default 3; --quick: 1)")
+    parser.add_argument("--quick", action="store_true", help="a tiny model, no memory target judged: that it runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--child", choices=[*VARIANTS, "generate"], help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--adapter", type=Path, action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sizes = {"layers": (24, 2), "dim": (1024, 64), "ffn": (2048, 128), "rank": (32, 4), "repeats": (3, 1)}
+    for name, (full, quick) in sizes.items():  # (default, --quick)
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
     if args.child == "generate":
         print(generate(args.out, args.layers, args.dim, args.ffn, args.adapters, args.rank))
         return 0
@@ -257,10 +264,10 @@ def main() -> int:
                          "peak_rss_mib": max(m["peak_rss"] for m in measured) / 2**20}
     roots = {m["root"] for v in ("streaming", "in-memory") for m in runs[v]}
     ratio = rows["streaming"]["peak_rss_mib"] / rows["in-memory"]["peak_rss_mib"]
-    passed = ratio <= TARGET_RSS_RATIO and len(roots) == 1
+    passed = None if args.quick else ratio <= TARGET_RSS_RATIO and len(roots) == 1  # a tiny model judges no memory
     report = {"machine": machine(),
               "config": {"layers": args.layers, "dim": args.dim, "ffn": args.ffn, "adapters": args.adapters,
-                         "rank": args.rank, "model_bytes": model_bytes, "repeats": args.repeats,
+                         "rank": args.rank, "model_bytes": model_bytes, "repeats": args.repeats, "quick": args.quick,
                          "density": DENSITY, "weight": WEIGHT, "lambda": LAMBDA},
               "results": rows, "rss_ratio": ratio, "target_rss_ratio": TARGET_RSS_RATIO,
               "same_root": len(roots) == 1, "root": sorted(roots)[0], "pass": passed}
@@ -282,8 +289,9 @@ def main() -> int:
         print()
         print(f"peak RSS streaming / in-memory: {ratio:.3f} (target <= {TARGET_RSS_RATIO:.3f}); "
               f"root hashes {'equal' if report['same_root'] else 'DIFFER'}: {report['root'][:16]}…")
-        print("PASS" if passed else "FAIL: the streaming merge misses its memory target or the merges differ")
-    return 0 if passed else 1
+        print({True: "PASS", False: "FAIL: the streaming merge misses its memory target or the merges differ",
+               None: "memory not judged (--quick)"}[passed])
+    return 0 if len(roots) == 1 and passed is not False else 1
 
 
 if __name__ == "__main__":
