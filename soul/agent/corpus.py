@@ -40,7 +40,8 @@ CHUNK_LINES = 40
 CHUNK_CHARS = 1200
 OVERLAP_LINES = 6
 MAX_FILE_BYTES = 1 << 20  # larger files are data or generated, not reading matter
-EMBED_BATCH = 256  # chunks embedded (and journaled) together
+EMBED_BATCH = 256  # chunks embedded (and journaled) together, once past the first few batches
+FIRST_BATCH = 16  # the first batch is small and each next one twice as large: search sees the first files in seconds
 APPEND_BATCH = 1000  # the journal's atomic batch limit
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -170,6 +171,7 @@ class Ingest:
         self.report = Report()
         self._chunks: list[tuple[Chunk, dict[str, Any]]] = []  # awaiting embedding, in order
         self._events: list[BifocalEvent] = []  # awaiting the journal, in order
+        self._batch = FIRST_BATCH
 
     def run(self, root: Path, paths: list[str], complete: bool = True,
             progress: Callable[[int], None] | None = None) -> Report:
@@ -219,10 +221,10 @@ class Ingest:
         self.report.removed += counted
 
     def _flush(self, embed_all: bool = False) -> None:
-        if len(self._chunks) >= EMBED_BATCH or embed_all:
+        if len(self._chunks) >= self._batch or embed_all:
             self._embed()
-        if len(self._events) >= APPEND_BATCH or embed_all:
             self._append()
+            self._batch = min(2 * self._batch, EMBED_BATCH)
 
     def _embed(self) -> None:
         if not self._chunks:

@@ -3,7 +3,6 @@ or an external NATS server or cluster (soul/backup.py). No `nats` CLI is needed.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,20 +11,20 @@ import orjson
 
 from evolution.store import StoreError
 from journal.embedded import soul_home
-from soul.cli.evolution import _Bars
 from soul.cli.options import app_of, json_option, open_journal
+from soul.cli.progress import StageBars
 
 
 def _run(work: Any) -> dict[str, Any]:
     """`work(backups, progress)` with soul/backup.py (imported only when a backup or restore runs:
-    the other commands need not wait for tarfile and the dump code) and progress bars on stderr
-    when it is a terminal; its mistakes as one line."""
+    the other commands need not wait for tarfile and the dump code) and progress on stderr
+    (soul/cli/progress.py); its mistakes as one line."""
     from journal import archive
     from soul import backup as backups
 
-    bars = _Bars()
+    bars = StageBars()
     try:
-        return work(backups, bars if sys.stderr.isatty() else None)
+        return work(backups, bars)
     except (backups.BackupError, archive.DumpError, archive.RestoreError, StoreError) as e:
         bars.close()
         raise click.ClickException(str(e)) from None

@@ -4,7 +4,6 @@ projection of the journal (design §6, evolution/evolve.py and evolution/replay.
 from __future__ import annotations
 
 import shutil
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from journal.embedded import soul_home
 from journal.event import NO_EMBEDDER, BifocalEvent
 from journal.journal import Entry, Journal
 from soul.cli.options import app_of, base_model_option, json_option, open_journal
+from soul.cli.progress import StageBars
 
 FORGETTABLE_NOT = ("redaction", "curation_sealed", "adapter_trained", "generation_sealed",
                    "generation_rejected", "generation_promoted")
@@ -33,30 +33,9 @@ def _errors() -> tuple[type[BaseException], ...]:
     return (EvolveError, StoreError, LineageError, MergeConfigError, ModelError, ValueError)
 
 
-class _Bars:
-    """One click progress bar per stage ("training", "merging") on stderr."""
-
-    def __init__(self) -> None:
-        self.stage: str | None = None
-        self.bar: Any = None
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage != self.stage:
-            self.close()
-            self.stage = stage
-            self.bar = click.progressbar(length=total, label=f"{stage:<8}", file=sys.stderr)
-            self.bar.__enter__()
-        self.bar.update(done - self.bar.pos)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar, self.stage = None, None
-
-
 def _run(work):
     """Run `work(progress)` with progress bars, turning a user-fixable error into one line."""
-    bars = _Bars()
+    bars = StageBars()
     try:
         return work(bars)
     except _errors() as e:

@@ -13,6 +13,7 @@ from journal.event import BifocalEvent
 from journal.journal import PAGE, Entry, entry_json
 from journal.secrets import redact_secrets
 from soul.cli.options import default_embedder, json_option, not_empty, open_journal
+from soul.cli.progress import progressbar
 
 
 def parse_since(value: str) -> int | datetime:
@@ -83,8 +84,8 @@ def stats(ctx: click.Context, as_json: bool) -> None:
     """Count, bytes, first and last sequence, and events per type (reads the whole journal)."""
     journal = open_journal(ctx)
     end = journal.last_seq()
-    if end > 20 * PAGE and sys.stderr.isatty():
-        with click.progressbar(length=end, label="reading the journal", file=sys.stderr) as bar:
+    if end > 20 * PAGE:
+        with progressbar(end, "reading the journal", "events") as bar:
             figures = journal.stats(progress=lambda seq: bar.update(seq - bar.pos))
     else:
         figures = journal.stats()

@@ -11,7 +11,6 @@ projection it reads up to date with the journal.
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +31,7 @@ from projections.search import MODES, Hit
 from projections.search import search as search_memory
 from soul.agent.corpus import CorpusError, Ingest, check_name, list_files, no_files, originator
 from soul.cli.options import app_of, default_embedder, json_option, not_empty, open_journal
+from soul.cli.progress import progressbar
 
 EXCERPT = 72
 
@@ -69,11 +69,11 @@ def search(ctx: click.Context, query: str, corpus: str | None, mode: str, limit:
 
 def _catch_up(runner: ProjectionRunner) -> None:
     figures = runner.status()
-    if figures["lag"] < 10_000 or not sys.stderr.isatty():
+    if figures["lag"] < 10_000:
         runner.catch_up()
         return
     start = figures["position"]
-    with click.progressbar(length=figures["lag"], label="bringing memory up to date", file=sys.stderr) as bar:
+    with progressbar(figures["lag"], "bringing memory up to date", "events") as bar:
         runner.catch_up(lambda position, end: bar.update(position - start - bar.pos))
 
 
@@ -162,7 +162,7 @@ def add(ctx: click.Context, name: str, path: Path, max_files: int | None, as_jso
     with _corpora(ctx) as (journal, runner):
         check_name(name)
         ingest = Ingest(journal, default_embedder(), name, corpora.files(runner.conn, app_of(ctx), name))
-        with click.progressbar(length=len(paths[:max_files]), label=f"ingesting {name}", file=sys.stderr) as bar:
+        with progressbar(len(paths[:max_files]), f"ingesting {name}", "files") as bar:
             report = ingest.run(path, paths[:max_files], complete=max_files is None or max_files >= len(paths),
                                 progress=bar.update)
     if as_json:
@@ -271,8 +271,7 @@ def rebuild(ctx: click.Context, name: str) -> None:
         raise click.ClickException(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
     journal = open_journal(ctx)
     with ProjectionRunner(journal, PROJECTIONS[name]()) as runner:
-        bar = click.progressbar(length=max(journal.last_seq(), 1), label=f"rebuilding {name}",
-                                file=sys.stderr)
+        bar = progressbar(max(journal.last_seq(), 1), f"rebuilding {name}", "events")
 
         def progress(position: int, end: int) -> None:
             bar.length = end  # the journal may grow while we rebuild

@@ -225,3 +225,20 @@ def test_secrets_in_files_never_reach_the_journal(tmp_path: Path, nats_url: str,
     (chunk,) = [e.event for e in entries(app_name)]
     assert "AKIAIOSFODNN7EXAMPLE" not in chunk.prose and "[REDACTED:aws_access_key]" in chunk.prose
     assert chunk.data["redacted"] == ["aws_access_key"]
+
+
+def test_the_first_files_are_journaled_while_the_rest_are_still_read(tmp_path: Path, nats_url: str,
+                                                                     app_name: str) -> None:
+    from soul.agent.corpus import FIRST_BATCH, Ingest
+    from soul.agent.embedder import load_default_embedder
+
+    for k in range(3 * FIRST_BATCH):
+        (tmp_path / f"note{k:02}.txt").write_text(f"Note {k}: the harbour master logs tide number {k}.\n")
+    seen = []
+    with Journal(app_name) as journal:
+        ingest = Ingest(journal, load_default_embedder(), "notes", {})
+        report = ingest.run(tmp_path, list_files(tmp_path), progress=lambda _: seen.append(journal.last_seq()))
+        assert report.chunks == report.events == 3 * FIRST_BATCH
+    # one chunk a file: the first batch is journaled as its last file is read, long before the end
+    assert seen[FIRST_BATCH - 2] == 0 and seen[FIRST_BATCH - 1] == FIRST_BATCH
+    assert seen[-1] == 3 * FIRST_BATCH  # then one batch twice as large
