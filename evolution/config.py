@@ -24,6 +24,7 @@
     max_perplexity_ratio: 2.0  # guard: anchor-set perplexity after / before
     anchor: anchor-v1       # the fixed anchor text set (evolution/anchor-v1.txt)
     lesson_rule: restate-v1 # how a new moment is restated into lessons (evolution/lessons.py)
+    relearn: false          # each generation also learns its parents' lessons again
 
 Absent keys take the defaults below, chosen by what a generation answers with no memory on the
 embedded SmolLM2 (docs/evolution.md, `ops/bench/learning_bench.py`): the earlier defaults
@@ -70,7 +71,7 @@ _ANCHOR = re.compile(r"[a-z0-9][a-z0-9-]*")
 # Keys added after generations were sealed, with the value they had implicitly before: a config
 # journaled without one meant that value, and at that value a key is left out of the digest, so
 # older seals still match.
-LATER_KEYS = {"lesson_rule": "restate-v1"}
+LATER_KEYS = {"lesson_rule": "restate-v1", "relearn": False}
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class EvolutionConfig:
     anchor: str = "anchor-v1"
     # lessons (only new ones: a moment's journaled lesson is reused whatever rule made it)
     lesson_rule: str = "restate-v1"
+    relearn: bool = False  # see evolution/lessons.py `relearned`
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -115,7 +117,7 @@ class EvolutionConfig:
             _check_int(getattr(self, name), name, low)
         if self.num_layers == 0:
             raise MergeConfigError("num_layers: -1 (all layers) or a positive count, not 0")
-        for name in ("normalize", "int8_mask"):
+        for name in ("normalize", "int8_mask", "relearn"):
             check_flag(getattr(self, name), name)
         if isinstance(self.keys, str) or not all(isinstance(k, str) and k for k in self.keys) or not self.keys:
             raise MergeConfigError(f"keys: a list of module paths such as {list(LORA_KEYS)} or self_attn.q_proj, not {self.keys!r}")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from evolution.config import EvolutionConfig
-from evolution.lessons import lessons as journaled_lessons
+from evolution.lessons import Lesson, lessons as journaled_lessons
 from journal.event import BifocalEvent
 from journal.journal import Entry, Journal
 from projections.resonance import combine
@@ -49,6 +49,7 @@ class Curation:
     types: tuple[str, ...] = ()  # each moment's event type
     redacted: tuple[str, ...] = ()  # the redactions honoured, sorted: rows skip them too
     lessons: tuple[str, ...] = ()  # ids of the `lesson` events its thoughts teach (evolution/lessons.py)
+    relearned: tuple[str, ...] = ()  # ids of earlier generations' lessons taught again (config `relearn`)
 
     def as_data(self) -> dict[str, Any]:
         """JSON for the `curation_sealed` event; `Curation.from_data` reads it back."""
@@ -59,7 +60,7 @@ class Curation:
         return cls(**{**data, **{k: tuple(data.get(k, ())) for k in _LISTS}})
 
 
-_LISTS = ("event_ids", "scores", "types", "redacted", "lessons")
+_LISTS = ("event_ids", "scores", "types", "redacted", "lessons", "relearned")
 
 
 def redacted_ids(journal: Journal) -> set[str]:
@@ -136,7 +137,8 @@ def training_rows(journal: Journal, curation: Curation) -> list[dict[str, Any]]:
     results, assistant for earlier thoughts), then the thought (assistant); then a row per
     (cue, answer) of its lesson, if `curation.lessons` names one (evolution/lessons.py). A corpus chunk's
     row: the self-definition, a user line naming the corpus, file and lines, and the chunk
-    (assistant). Redacted events never appear, as moments or as context.
+    (assistant). Last, a row per (cue, answer) of each lesson `curation.relearned` names, with the
+    latest self-definition. Redacted events never appear, as moments or as context.
     """
     wanted = set(curation.event_ids)
     redacted = set(curation.redacted)
@@ -167,10 +169,12 @@ def training_rows(journal: Journal, curation: Curation) -> list[dict[str, Any]]:
             context.setdefault(event_id, list(turns))
         turns.append((entry.seq, event))
     named = set(curation.lessons) - redacted
-    found = journaled_lessons(journal, named) if named else {}
-    if len(found) != len(named):
+    again = set(curation.relearned) - redacted
+    found = journaled_lessons(journal, named | again) if named | again else {}
+    if len(found) != len(named | again):
         raise ValueError(f"generation {curation.generation}: lessons it names are missing from the journal")
     taught = {moment: lesson for moment, lesson in found.items() if not set(lesson.sources) & redacted}
+    relearned = {lesson.id: lesson for lesson in taught.values() if lesson.id in again}
     rows = []
     for seq, event in targets:
         messages = []
@@ -189,9 +193,17 @@ def training_rows(journal: Journal, curation: Curation) -> list[dict[str, Any]]:
         messages.append({"role": "assistant", "content": event.prose})
         rows.append({"messages": messages})
         if (lesson := taught.get(str(event.id))) is not None:
-            rows += [{"messages": [*system, {"role": "user", "content": cue}, {"role": "assistant", "content": answer}]}
-                     for cue, answer in lesson.pairs]
+            rows += _lesson_rows(system, lesson)
+    system = [{"role": "system", "content": definitions[-1][1]}] if definitions else []
+    for lesson_id in curation.relearned:
+        if (lesson := relearned.get(lesson_id)) is not None:
+            rows += _lesson_rows(system, lesson)
     return rows
+
+
+def _lesson_rows(system: list[dict[str, str]], lesson: Lesson) -> list[dict[str, Any]]:
+    return [{"messages": [*system, {"role": "user", "content": cue}, {"role": "assistant", "content": answer}]}
+            for cue, answer in lesson.pairs]
 
 
 def _message(event: BifocalEvent) -> dict[str, str]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from evolution import evaluate
 from evolution.config import EvolutionConfig
-from evolution.lessons import lessons, questions, teach
+from evolution.lessons import lessons, questions, relearned, teach
 from evolution.curate import Curation, curate, redacted_ids, summary, training_rows
 from evolution.lineage import Generation, chain, current_epoch, lineage, record
 from evolution.store import GenerationStore
@@ -115,7 +115,9 @@ def make_generation(journal: Journal, store: GenerationStore, base: Base, config
     run, number = str(uuid.uuid4()), curation.generation
     short = shortfall(curation, replace(config, min_events=1) if rebuilt else config)
     if not short:
-        curation = replace(curation, lessons=teach(journal, curation, run, config.lesson_rule))
+        earlier = [lesson for g in promoted for lesson in g.curation.get("lessons", [])] if config.relearn else []
+        curation = replace(curation, lessons=teach(journal, curation, run, config.lesson_rule),
+                           relearned=relearned(journal, earlier, curation.redacted))
     window = f"{curation.after_seq + 1}..{curation.cut}"
     record(journal, "curation_sealed",
            f"gen-{number}: {len(curation.event_ids)} moments curated from {window}"
@@ -404,11 +406,14 @@ def _difference(journal: Journal, was: Generation, redacted: set[str], config: E
     own = config or EvolutionConfig.journaled(was.curation["config"])
     again = curate(journal, generation=number or was.number, after_seq=was.after_seq, cut=was.cut, config=own,
                    redacted=redacted)
-    again = replace(again, lessons=teach(journal, again, None, own.lesson_rule))
+    again = replace(again, lessons=teach(journal, again, None, own.lesson_rule),
+                    relearned=relearned(journal, was.curation.get("relearned", []), redacted))
     if left_out := len(set(was.event_ids) - set(again.event_ids)):
         return f"{left_out} moments left out"
     if left_out := len(set(was.curation.get("lessons", [])) - set(again.lessons)):
         return f"{left_out} lessons left out"
+    if left_out := len(set(was.curation.get("relearned", [])) - set(again.relearned)):
+        return f"{left_out} relearned lessons left out"
     if own.digest() != was.curation["config_digest"]:
         return "its config changed"
     if list(again.event_ids) != was.event_ids or list(again.lessons) != was.curation.get("lessons", []):

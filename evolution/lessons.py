@@ -136,6 +136,16 @@ def teach(journal: Journal, curation: Curation, run: str | None, rule: str) -> t
     return tuple(taught)
 
 
+def relearned(journal: Journal, earlier: Iterable[str], redacted: Collection[str]) -> tuple[str, ...]:
+    """Of `earlier` (ids of the lessons earlier generations were taught, in order), those still
+    taught: neither the lesson nor its moment or perception redacted. With the config's
+    `relearn`, a generation learns them again beside its own: at an equal number of training
+    steps, later generations' deltas otherwise take the place of earlier ones' facts."""
+    ids = list(dict.fromkeys(earlier))
+    found = {lesson.id: lesson for lesson in lessons(journal, set(ids)).values()}
+    return tuple(i for i in ids if i in found and not {i, *found[i].sources} & set(redacted))
+
+
 def questions(taught: Iterable[Lesson]) -> list[tuple[str, tuple[str, ...]]]:
     """(cue, key words) to ask a generation whether it answers what `taught` taught with no
     memory: each cue that points at one statement ("Remind me: …", "What is my …?"), with the

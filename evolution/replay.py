@@ -19,7 +19,7 @@ from typing import Any
 
 from evolution.config import EvolutionConfig
 from evolution.curate import curate, redacted_ids, training_rows
-from evolution.lessons import teach
+from evolution.lessons import relearned, teach
 from evolution.evolve import Base, Progress, adapter_for, adapters_root, merge
 from evolution.lineage import Generation, chain, find, lineage
 from evolution.store import GenerationStore
@@ -75,7 +75,13 @@ def replay(journal: Journal, home: Path, to: str, base: Base, *, from_scratch: b
                 faithful = False
                 report.curations.append(f"{generation.name}: {len(gone_lessons)} of its lessons were redacted since "
                                         "it was sealed")
-            curation = replace(curation, lessons=sealed_lessons)  # read from the journal, not derived again
+            sealed_relearned = tuple(generation.curation.get("relearned", ()))
+            if gone_lessons := set(sealed_relearned) - set(relearned(journal, sealed_relearned, redacted)):
+                faithful = False
+                report.curations.append(f"{generation.name}: {len(gone_lessons)} of the lessons it relearned were "
+                                        "redacted since it was sealed")
+            # read from the journal, not derived again
+            curation = replace(curation, lessons=sealed_lessons, relearned=sealed_relearned)
             if list(curation.event_ids) != generation.event_ids:
                 faithful = False
                 gone = set(generation.event_ids) - set(curation.event_ids)

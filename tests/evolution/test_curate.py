@@ -297,8 +297,8 @@ def test_config_defaults_follow_the_design() -> None:
 
 def test_a_config_journaled_before_a_key_existed_means_what_it_meant_then() -> None:
     now = EvolutionConfig.parse("lesson_rule: restate-v2")
-    older = {k: v for k, v in EvolutionConfig().as_dict().items() if k != "lesson_rule"}  # sealed before the key
-    assert EvolutionConfig.journaled(older).lesson_rule == "restate-v1"
+    older = {k: v for k, v in EvolutionConfig().as_dict().items() if k not in ("lesson_rule", "relearn")}  # before the keys
+    assert (EvolutionConfig.journaled(older).lesson_rule, EvolutionConfig.journaled(older).relearn) == ("restate-v1", False)
     assert EvolutionConfig.journaled(older).digest() == hashlib.sha256(canonical_json(older)).hexdigest()
     assert EvolutionConfig.journaled(now.as_dict()) == now and now.digest() != EvolutionConfig().digest()
 
@@ -337,6 +337,7 @@ def test_config_reads_mergekit_vocabulary(tmp_path) -> None:
     ("anchor: anchor-v0", "no anchor set 'anchor-v0'; shipped: anchor-v1"),
     ("anchor: ../../etc/passwd", "no anchor set"),
     ("lesson_rule: restate-v9", "lesson_rule: one of restate-v1, restate-v2, not 'restate-v9'"),
+    ("relearn: maybe", "relearn"),
 ])
 def test_config_mistakes_are_named(text: str, message: str) -> None:
     with pytest.raises(MergeConfigError, match=message):

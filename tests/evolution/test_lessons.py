@@ -164,6 +164,35 @@ def test_a_forgotten_moment_or_perception_teaches_nothing(journal: Journal, soul
     assert replay(journal, soul_home, "gen-1", base).match  # the rebuilt lineage replays
 
 
+def test_with_relearn_a_generation_learns_its_parents_lessons_again(journal: Journal, soul_home: Path,
+                                                                    tmp_path: Path) -> None:
+    base = tiny_base(tmp_path / "w0")
+    relearn = replace(CONFIG, relearn=True)
+    (sister, _), (allergy, _), _ = journal_facts(journal, FACTS)
+    assert evolve(journal, soul_home, base, relearn).status == "promoted"
+    journal_facts(journal, ["My cat is called Pilchard."])
+    assert evolve(journal, soul_home, base, relearn).status == "promoted"
+    gen1, gen2 = chain(lineage(journal))
+    assert gen1.curation["relearned"] == [] and gen2.curation["relearned"] == gen1.curation["lessons"]
+    curation = Curation.from_data({k: v for k, v in gen2.curation.items() if k in Curation.__dataclass_fields__})
+    rows = training_rows(journal, curation)
+    earlier, new = (lessons(journal, gen.curation["lessons"]).values() for gen in (gen1, gen2))
+    assert len(rows) == 1 + sum(len(lesson.pairs) for lesson in new) + sum(len(lesson.pairs) for lesson in earlier)
+    assert [r["messages"][-1]["content"] for r in rows[-3:]] == [a for lesson in earlier for _, a in lesson.pairs][-3:]
+    shutil.rmtree(adapters_root(soul_home))
+    assert replay(journal, soul_home, "gen-2", base, from_scratch=True).match
+
+    journal.add(BifocalEvent("redaction", "forget", [], NO_EMBEDDER, "redactions", data={"event": str(allergy.id)}))
+    assert "gen-2: 1 of the lessons it relearned were redacted since it was sealed" in \
+        replay(journal, soul_home, "gen-2", base).curations
+    assert [c.changed for c in rebuild(journal, soul_home, base)] == [True, True]
+    gen1, gen2 = chain(lineage(journal))
+    assert gen2.curation["relearned"] == gen1.curation["lessons"] and len(gen1.curation["lessons"]) == 2
+    taught = " ".join(lesson.pairs[0][1] for lesson in lessons(journal, gen2.curation["relearned"]).values())
+    assert "Oona" in taught and "hazelnut" not in taught
+    assert replay(journal, soul_home, "gen-2", base).match
+
+
 def test_forgetting_what_was_only_context_derives_the_generation_again(journal: Journal, soul_home: Path,
                                                                        tmp_path: Path) -> None:
     base = tiny_base(tmp_path / "w0")
