@@ -17,8 +17,10 @@ again, with the redacted events left out, as a new epoch; it says which generati
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,24 @@ class Outcome:
     root_sha256: str | None = None
     cached: bool | None = None  # the adapter came from the cache
     figures: dict[str, Any] = field(default_factory=dict)  # drift and evaluation
+    # Wall seconds per stage (curate, lessons, parent, rows, train, merge, evaluate, promote): what
+    # this run took, so not journaled (a generation's events stay a function of its inputs).
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Stopwatch:
+    """Seconds per named stage: `with watch("train"): ...`, in the order they ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - started, 3)
 
 
 def evolve(journal: Journal, home: Path, base: Base | None, config: EvolutionConfig, *, dry_run: bool = False,
@@ -95,8 +115,11 @@ def evolve(journal: Journal, home: Path, base: Base | None, config: EvolutionCon
         promoted = chain(lineage(journal))
         same_base(base, promoted)
         reconcile(store, promoted)
-        curation = next_curation(journal, config)
-        return make_generation(journal, store, base, config, current_epoch(journal), curation, promoted, progress)
+        watch = Stopwatch()
+        with watch("curate"):
+            curation = next_curation(journal, config)
+        return make_generation(journal, store, base, config, current_epoch(journal), curation, promoted, progress,
+                               watch=watch)
 
 
 def next_curation(journal: Journal, config: EvolutionConfig) -> Curation:
@@ -108,16 +131,19 @@ def next_curation(journal: Journal, config: EvolutionConfig) -> Curation:
 
 def make_generation(journal: Journal, store: GenerationStore, base: Base, config: EvolutionConfig, epoch: int,
                     curation: Curation, promoted: list[Generation], progress: Progress | None,
-                    rebuilt: bool = False) -> Outcome:
+                    rebuilt: bool = False, watch: Stopwatch | None = None) -> Outcome:
     """Seal `curation` as generation len(promoted)+1 of `epoch`, then train, merge, seal, guard
     and promote it (every step journaled with one run id). A `rebuilt` generation needs only one
-    moment: `min_events` is the floor for a new generation, not for one that a forget shrank."""
+    moment: `min_events` is the floor for a new generation, not for one that a forget shrank.
+    `watch` times its stages (a new one if not given)."""
+    watch = watch or Stopwatch()
     run, number = str(uuid.uuid4()), curation.generation
     short = shortfall(curation, replace(config, min_events=1) if rebuilt else config)
     if not short:
-        earlier = [lesson for g in promoted for lesson in g.curation.get("lessons", [])] if config.relearn else []
-        curation = replace(curation, lessons=teach(journal, curation, run, config.lesson_rule),
-                           relearned=relearned(journal, earlier, curation.redacted))
+        with watch("lessons"):
+            earlier = [lesson for g in promoted for lesson in g.curation.get("lessons", [])] if config.relearn else []
+            curation = replace(curation, lessons=teach(journal, curation, run, config.lesson_rule),
+                               relearned=relearned(journal, earlier, curation.redacted))
     window = f"{curation.after_seq + 1}..{curation.cut}"
     record(journal, "curation_sealed",
            f"gen-{number}: {len(curation.event_ids)} moments curated from {window}"
@@ -125,14 +151,17 @@ def make_generation(journal: Journal, store: GenerationStore, base: Base, config
            run, {**curation.as_data(), "epoch": epoch, "outcome": "nothing to curate" if short else "curated",
                  "config": config.as_dict(), "config_digest": config.digest()})
     if short:
-        return Outcome(number, "nothing to curate", summary(curation), run, short)
+        return Outcome(number, "nothing to curate", summary(curation), run, short, seconds=watch.seconds)
 
     parent = promoted[-1] if promoted else None
     parent_root = parent.root_sha256 if parent else base.root_sha256
-    parent_dir = weights_of(store, base, promoted)
-    rows = training_rows(journal, curation)
-    adapter, cached = adapter_for(parent_dir, parent_root, rows, config, adapters_root(store.home),
-                                  retrain=False, progress=progress)
+    with watch("parent"):
+        parent_dir = weights_of(store, base, promoted)
+    with watch("rows"):
+        rows = training_rows(journal, curation)
+    with watch("train"):
+        adapter, cached = adapter_for(parent_dir, parent_root, rows, config, adapters_root(store.home),
+                                      retrain=False, progress=progress)
     record(journal, "adapter_trained",
            f"gen-{number}: LoRA adapter {adapter.sha256[:12]} " + ("from the cache" if cached else "trained")
            + f" on {parent.name if parent else 'W0'} with {len(rows)} rows",
@@ -142,11 +171,13 @@ def make_generation(journal: Journal, store: GenerationStore, base: Base, config
                  "seed": config.seed, "environment": adapter.environment})
 
     entries = [*(adapter_entry(store, g) for g in promoted), (adapter.path, config.weight, config.density)]
-    made = store.staging_dir()
-    seal = merge(base, entries, config, made, progress)
-    folder = store.keep(made, seal)
-    asked = questions(lessons(journal, set(curation.lessons)).values())
-    figures = measure(base, parent, parent_dir, folder, rows, config, asked)
+    with watch("merge"):
+        made = store.staging_dir()
+        seal = merge(base, entries, config, made, progress)
+        folder = store.keep(made, seal)
+    with watch("evaluate"):
+        asked = questions(lessons(journal, set(curation.lessons)).values())
+        figures = measure(base, parent, parent_dir, folder, rows, config, asked)
     drift_tensor, drift = max(seal.drift.items(), key=lambda item: item[1])
     record(journal, "generation_sealed",
            f"gen-{number}: root {seal.root_sha256[:12]}, largest drift {drift:.4g} ({drift_tensor}), "
@@ -165,12 +196,14 @@ def make_generation(journal: Journal, store: GenerationStore, base: Base, config
         record(journal, "generation_rejected", f"gen-{number} rejected: {why}", run,
                {"generation": number, "epoch": epoch, "why": why, "root_sha256": seal.root_sha256})
         store.discard(seal.root_sha256)
-        return Outcome(number, "rejected", summary(curation), run, why, seal.root_sha256, cached, figures)
-    # The journal says it first: a crash before the switch is caught up by `reconcile`.
-    record(journal, "generation_promoted", f"gen-{number} promoted: the soul now runs on it", run,
-           {"generation": number, "epoch": epoch, "root_sha256": seal.root_sha256})
-    store.promote(f"gen-{number}", seal.root_sha256)
-    return Outcome(number, "promoted", summary(curation), run, None, seal.root_sha256, cached, figures)
+        return Outcome(number, "rejected", summary(curation), run, why, seal.root_sha256, cached, figures,
+                       watch.seconds)
+    with watch("promote"):
+        # The journal says it first: a crash before the switch is caught up by `reconcile`.
+        record(journal, "generation_promoted", f"gen-{number} promoted: the soul now runs on it", run,
+               {"generation": number, "epoch": epoch, "root_sha256": seal.root_sha256})
+        store.promote(f"gen-{number}", seal.root_sha256)
+    return Outcome(number, "promoted", summary(curation), run, None, seal.root_sha256, cached, figures, watch.seconds)
 
 
 def shortfall(curation: Curation, config: EvolutionConfig) -> str | None:

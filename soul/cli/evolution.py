@@ -118,6 +118,8 @@ def _outcome_line(outcome) -> str:
                f"(W0 {f['perplexity']['base']:.4g}), curated loss {f['loss']['before']:.4g} -> {f['loss']['after']:.4g}"
                + (f", {f['recall']['answered']} of {f['recall']['asked']} lesson cues answered with no memory"
                   if f.get("recall", {}).get("asked") else ""))
+    stages = ", ".join(f"{stage} {s:.0f} s" for stage, s in outcome.seconds.items() if s >= 0.5)
+    figures += f"; took {sum(outcome.seconds.values()):.0f} s" + (f" ({stages})" if stages else "")
     if outcome.status == "rejected":
         previous = f"gen-{outcome.generation - 1}" if outcome.generation > 1 else "W0"
         return f"gen-{outcome.generation} rejected: {outcome.why}; {previous} stays active ({figures})"

@@ -82,7 +82,7 @@ def test_evolve_generations_replay_export(setup, tmp_path: Path) -> None:
     result = invoke("evolve", "--config", invoke.config)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("gen-1 promoted: 3 moments from seq 1..9; root ")
-    assert "adapter trained" in result.stdout and "curated loss" in result.stdout
+    assert "adapter trained" in result.stdout and "curated loss" in result.stdout and "; took " in result.stdout
     gen1 = chain(lineage(journal))[0]
 
     listed = invoke("generations")
@@ -124,7 +124,10 @@ def test_evolve_generations_replay_export(setup, tmp_path: Path) -> None:
 
 def test_forget_then_rebuild_names_the_changed_generations(setup) -> None:
     invoke, journal, thoughts = setup
-    assert invoke("evolve", "--config", invoke.config).exit_code == 0
+    outcome = json.loads(invoke("evolve", "--config", invoke.config, "--json").stdout)
+    assert outcome["status"] == "promoted"  # and where its time went, stage by stage
+    assert list(outcome["seconds"]) == ["curate", "lessons", "parent", "rows", "train", "merge", "evaluate", "promote"]
+    assert all(s >= 0 for s in outcome["seconds"].values()) and outcome["seconds"]["train"] > 0
     old = chain(lineage(journal))[0]
     seq = next(e.seq for e in journal.read() if e.event and e.event.id == thoughts[1].id)
 
