@@ -11,8 +11,15 @@ same table (a projection keeps one table) but are never read by a scan.
 A summary's `first_seq`/`last_seq` are the journal range it stands for (soul/agent/context.py
 writes them). A `redaction` (`soul forget`) removes the row of the event it names, so the
 window never shows it again; a summary written before the redaction keeps its own words.
-Token counts are not stored: they belong to the active model's tokenizer, which may change
-while the journal does not.
+
+Token counts live beside the view, in `_token_counts` (ensure_counts makes it): (seq, counter)
+-> tokens, and `joined`, the tokens when another block follows. The counter
+(soul/agent/context.py's Counter.key) stands for a tokenizer and the form a row is rendered in,
+so another tokenizer or a changed form is counted afresh and never meets a stale count. A seq's
+event never changes, so its count stays right: through a rebuild, which replays the same events
+under the same seqs (and leaves this table alone: it is no projection's), and past a redaction,
+whose row is not read any more, nor then its count: a number for a seq, no words, which
+`soul forget --erase` leaves too.
 
 Every read of the view is a function here (after the projection), so its queries stay next to
 the indexes they are written for.
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -30,7 +38,7 @@ import psycopg
 from psycopg import sql
 
 from journal.journal import Entry
-from projections.base import Projection
+from projections.base import Projection, schema_for
 
 log = logging.getLogger("soul.projections.turns")
 
@@ -38,6 +46,7 @@ TURNS = ("perception", "thought", "tool_result")
 PINNED = ("self_defined", "notebook_written")
 COLUMNS = ("seq", "id", "conversation", "type", "prose", "first_seq", "last_seq")
 PAGE = 64  # turns read per round trip
+COUNTS = "_token_counts"
 NEWEST = 2**63 - 1  # above every seq
 
 
@@ -138,6 +147,63 @@ def newest_first(db: psycopg.Connection[Any] | psycopg.Cursor[Any], app: str, co
         if len(page) < PAGE:
             return
         before = page[-1][0]
+
+
+def counted_turns(db: psycopg.Connection[Any] | psycopg.Cursor[Any], app: str, conversation: str, after: int,
+                  before: int, limit: int, counter: int | None) -> list[tuple[int, str, str, int | None, int | None]]:
+    """(seq, type, prose, tokens, joined) of up to `limit` of the conversation's turns with
+    `after` < seq < `before`, newest first: tokens and joined as stored under `counter` (None
+    when not counted yet). `_token_counts` must exist (ensure_counts)."""
+    # Looked up row by row, for the rows returned alone: OFFSET 0 keeps the planner from making
+    # the lookup a join over every count stored.
+    return db.execute(sql.SQL(
+        "SELECT t.seq, t.type, t.prose, c.tokens, c.joined FROM {} t LEFT JOIN LATERAL"
+        " (SELECT tokens, joined FROM {} WHERE seq = t.seq AND counter = %s OFFSET 0) c ON true"
+        " WHERE t.conversation = %s AND t.seq > %s AND t.seq < %s AND t.type = ANY(%s) ORDER BY t.seq DESC LIMIT %s"
+    ).format(Turns.view(app), _counts(app)), [counter, conversation, after, before, list(TURNS), limit]).fetchall()
+
+
+# -- token counts (see the module doc) -----------------------------------------------------
+
+_ensured: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[str]] = weakref.WeakKeyDictionary()
+
+
+def _counts(app: str) -> sql.Identifier:
+    return sql.Identifier(schema_for(app), COUNTS)
+
+
+def ensure_counts(conn: psycopg.Connection[Any], app: str) -> None:
+    """Create `_token_counts` in the app's schema unless it is there; once per connection (a
+    schema dropped under a live connection is not noticed: only benchmarks and tests drop one)."""
+    done = _ensured.setdefault(conn, set())
+    if app in done:
+        return
+    with conn.transaction(), conn.cursor() as cur:
+        # The runner's setup lock: CREATE ... IF NOT EXISTS races with itself.
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [schema_for(app)])
+        # joined: the row's tokens when another block follows it (soul/agent/context.py's Counter).
+        cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (seq bigint NOT NULL, counter bigint NOT NULL,"
+                            " tokens integer NOT NULL, joined integer NOT NULL, PRIMARY KEY (seq, counter))").format(
+            _counts(app)))
+    done.add(app)
+
+
+def stored_counts(db: psycopg.Connection[Any] | psycopg.Cursor[Any], app: str, counter: int | None,
+                  seqs: Sequence[int]) -> dict[int, tuple[int, int]]:
+    """seq -> (tokens, joined) stored under `counter`, for those of `seqs` counted already."""
+    rows = db.execute(sql.SQL("SELECT seq, tokens, joined FROM {} WHERE counter = %s AND seq = ANY(%s)").format(
+        _counts(app)), [counter, list(seqs)]).fetchall()
+    return {seq: (tokens, joined) for seq, tokens, joined in rows}
+
+
+def store_counts(conn: psycopg.Connection[Any], app: str, counts: Sequence[tuple[int, int, int, int]]) -> None:
+    """Store (seq, counter, tokens, joined) rows; one stored already (by another assembly) stays."""
+    with conn.pipeline(), conn.transaction():  # one round trip
+        # A count lost in a crash is counted again: not worth waiting for the disk.
+        conn.execute("SET LOCAL synchronous_commit TO off")
+        conn.execute(sql.SQL("INSERT INTO {} SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::integer[],"
+                             " %s::integer[]) ON CONFLICT DO NOTHING").format(_counts(app)),
+                     [list(column) for column in zip(*counts)])
 
 
 def of_conversation(db: psycopg.Connection[Any] | psycopg.Cursor[Any], app: str, conversation: str,
