@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             outcome, took = soul(home, "evolve", *config_words, "--json")
             entry: dict[str, Any] = {"generation": g, "status": outcome["status"], "evolve_s": round(took, 1),
                                      "telling_s": round(telling, 1), "why": outcome.get("why"),
-                                     "figures": outcome.get("figures")}
+                                     "figures": outcome.get("figures"), "stages_s": outcome.get("seconds")}
             name_path = active(home, app)
             asker = Asker(name_path[1], DEFAULT_SELF, args.max_tokens) if name_path else w0
             row = {"generation": f"gen-{g}", "status": outcome["status"]}
@@ -236,8 +236,9 @@ def main() -> None:
         print(f"| {row['generation']} | " + " | ".join(cells) + f" | {general} | "
               + (f"{ppl:.3f}" if ppl else "1") + " |")
     for entry in report["generations"]:
+        stages = ", ".join(f"{k} {v:.0f} s" for k, v in (entry.get("stages_s") or {}).items())
         print(f"gen-{entry['generation']}: {entry['status']}, soul evolve {entry['evolve_s']} s"
-              + (f" ({entry['why']})" if entry.get("why") else ""))
+              + (f" ({stages})" if stages else "") + (f" ({entry['why']})" if entry.get("why") else ""))
     if "forget" in report:
         print("forget:", json.dumps(report["forget"]))
     print("summary:", json.dumps(report["summary"]), "targets:", json.dumps(TARGETS))

@@ -296,11 +296,11 @@ def test_config_defaults_follow_the_design() -> None:
 
 
 def test_a_config_journaled_before_a_key_existed_means_what_it_meant_then() -> None:
-    now = EvolutionConfig.parse("lesson_rule: restate-v2")
+    now = EvolutionConfig.parse("lesson_rule: restate-v2\nrelearn: true")
     older = {k: v for k, v in EvolutionConfig().as_dict().items() if k not in ("lesson_rule", "relearn")}  # before the keys
     assert (EvolutionConfig.journaled(older).lesson_rule, EvolutionConfig.journaled(older).relearn) == ("restate-v1", False)
     assert EvolutionConfig.journaled(older).digest() == hashlib.sha256(canonical_json(older)).hexdigest()
-    assert EvolutionConfig.journaled(now.as_dict()) == now and now.digest() != EvolutionConfig().digest()
+    assert EvolutionConfig.journaled(now.as_dict()) == now and now.digest() != EvolutionConfig.journaled(older).digest()
 
 
 def test_config_reads_mergekit_vocabulary(tmp_path) -> None:

@@ -23,7 +23,9 @@ from journal.journal import Journal
 from evolution.curate import Curation
 from tests.evolution_support import CONFIG, journal_facts, journal_moments, tiny_base
 
-V1 = "restate-v1"  # the rule CONFIG (the default) makes new lessons by
+V1 = "restate-v1"
+RULE = CONFIG.lesson_rule  # the rule CONFIG (the default) makes new lessons by
+OTHER = next(r for r in RULES if r != RULE)
 FACTS = ["My sister's name is Oona.", "I am allergic to hazelnuts.", "Remember that my car's plate is KX17 ZPA."]
 
 
@@ -91,11 +93,11 @@ def test_lessons_are_journaled_once_and_replayed_to_the_same_bytes(journal: Jour
     assert gen1.curation["lessons"] == [taught[str(t.id)].id for _, t in told]
     for perception, thought in told:
         event = next(e for e in events(journal) if e.type == "lesson" and e.data["moment"] == str(thought.id))
-        assert event.data["sources"] == [str(thought.id), str(perception.id)] and event.data["rule"] == V1
-        assert [tuple(p) for p in event.data["pairs"]] == restate(perception.prose, V1)
+        assert event.data["sources"] == [str(thought.id), str(perception.id)] and event.data["rule"] == RULE
+        assert [tuple(p) for p in event.data["pairs"]] == restate(perception.prose, RULE)
     rows = training_rows(journal, Curation.from_data({k: gen1.curation[k] for k in (
         "generation", "after_seq", "cut", "event_ids", "scores", "corpus", "cluster", "types", "redacted", "lessons")}))
-    assert len(rows) == 4 + sum(len(restate(p.prose, V1)) for p, _ in told)
+    assert len(rows) == 4 + sum(len(restate(p.prose, RULE)) for p, _ in told)
     assert rows[1]["messages"][-2:] == [{"role": "user", "content": "What do you know about me?"},
                                         {"role": "assistant", "content": "Your sister's name is Oona."}]
     assert gen1.adapter["rows"] == len(rows)
@@ -114,16 +116,16 @@ def test_a_lesson_of_another_rule_is_taught_as_it_was_journaled(journal: Journal
     base = tiny_base(tmp_path / "w0")
     told = journal_facts(journal, FACTS)
     perception, thought = told[0]
-    pairs = restate(perception.prose, "restate-v2")
+    pairs = restate(perception.prose, OTHER)
     record(journal, "lesson", "Your sister's name is Oona.", str(uuid.uuid4()),
-           {"moment": str(thought.id), "sources": [str(thought.id), str(perception.id)], "rule": "restate-v2",
+           {"moment": str(thought.id), "sources": [str(thought.id), str(perception.id)], "rule": OTHER,
             "pairs": [list(p) for p in pairs]})
     assert evolve(journal, soul_home, base, CONFIG).status == "promoted"
     (gen1,) = chain(lineage(journal))
     taught = lessons(journal, gen1.curation["lessons"])
     assert taught[str(thought.id)].pairs == tuple(pairs)  # reused, not derived again by the current rule
     assert {tuple(lesson.pairs) for m, lesson in taught.items() if m != str(thought.id)} == \
-        {tuple(restate(p.prose, V1)) for p, _ in told[1:]}
+        {tuple(restate(p.prose, RULE)) for p, _ in told[1:]}
     shutil.rmtree(adapters_root(soul_home))
     assert replay(journal, soul_home, "gen-1", base, from_scratch=True).match
 
@@ -131,13 +133,12 @@ def test_a_lesson_of_another_rule_is_taught_as_it_was_journaled(journal: Journal
 def test_the_config_names_the_rule_new_lessons_are_made_by(journal: Journal, soul_home: Path, tmp_path: Path) -> None:
     base = tiny_base(tmp_path / "w0")
     told = journal_facts(journal, FACTS)
-    v2 = replace(CONFIG, lesson_rule="restate-v2")
-    assert evolve(journal, soul_home, base, v2).status == "promoted"
+    assert evolve(journal, soul_home, base, replace(CONFIG, lesson_rule=OTHER)).status == "promoted"
     (gen1,) = chain(lineage(journal))
-    assert gen1.curation["config"]["lesson_rule"] == "restate-v2"
+    assert gen1.curation["config"]["lesson_rule"] == OTHER
     made = [e for e in events(journal) if e.type == "lesson"]
-    assert [e.data["rule"] for e in made] == ["restate-v2"] * len(told)
-    assert [tuple(map(tuple, e.data["pairs"])) for e in made] == [tuple(restate(p.prose, "restate-v2")) for p, _ in told]
+    assert [e.data["rule"] for e in made] == [OTHER] * len(told)
+    assert [tuple(map(tuple, e.data["pairs"])) for e in made] == [tuple(restate(p.prose, OTHER)) for p, _ in told]
     shutil.rmtree(adapters_root(soul_home))
     assert replay(journal, soul_home, "gen-1", base, from_scratch=True).match
 

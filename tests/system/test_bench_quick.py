@@ -66,6 +66,7 @@ def test_learning_quick_tells_evolves_asks_and_forgets(tmp_path: Path) -> None:
     report = json.loads(done.stdout)
     assert [row["generation"] for row in report["table"]] == ["W0", "gen-1", "gen-2"]
     assert [g["status"] for g in report["generations"]] == ["promoted", "promoted"]
+    assert all(g["stages_s"]["train"] > 0 for g in report["generations"])  # where each evolve's time went
     assert all(len(g["answers"]["g1"]) == 4 for g in report["generations"])  # 2 facts, 2 questions each
     changes = report["forget"]["changes"]
     assert [(c["was"], c["changed"]) for c in changes] == [("gen-1", False), ("gen-2", True)]
