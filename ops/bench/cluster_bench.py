@@ -33,7 +33,6 @@ ratio misses its target; --quick judges none.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.util
 import json
 import os
@@ -52,9 +51,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # runnable from a checkout without an editable install
     sys.path.insert(0, str(ROOT))
 
-import nats  # noqa: E402
 import nats.aio.client  # noqa: E402
 
+import common  # noqa: E402
 import journal_bench  # noqa: E402  (this folder: the payload and its events, as that bench makes them)
 from journal import codec  # noqa: E402
 from journal.embedded import EmbeddedNats  # noqa: E402
@@ -89,27 +88,12 @@ def patiently(what: str, attempt: Callable[[], Any], timeout: float = 60.0) -> A
             time.sleep(0.5)
 
 
-class Raw:
-    """Raw nats-py on this thread's own event loop, connected to one node."""
-
-    def __init__(self, url: str):
-        self.loop = asyncio.new_event_loop()
-        self.nc = self.run(nats.connect(url, max_reconnect_attempts=0))
-        self.js = self.nc.jetstream(timeout=10)
-
-    def run(self, coro: Any) -> Any:
-        return self.loop.run_until_complete(coro)
+class Raw(journal_bench.Raw):
+    """journal_bench's raw nats-py client, plus the publish a journal append makes."""
 
     def close(self) -> None:
-        self.run(self.nc.close())
+        self.run(self.nc.close())  # not drained: the node it talks to may have been killed
         self.loop.close()
-
-    async def single(self, subject: str, payloads: Sequence[bytes]) -> float:
-        js = self.js
-        t = time.perf_counter()
-        for p in payloads:
-            await js.publish(subject, p)
-        return time.perf_counter() - t
 
     async def guarded(self, subject: str, payloads: Sequence[bytes], last: list[int]) -> float:
         """Publish requests with the headers a journal append carries, each expecting the last."""
@@ -434,22 +418,15 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 
 def machine(raw: Raw) -> dict[str, Any]:
-    import platform
     from importlib.metadata import version
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    v = raw.nc.connected_server_version
     try:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load = None
-    return {"nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "cpu": cpu, "load_average": load, "platform": platform.platform(), "python": platform.python_version(),
-            "nats_server": raw.nc._server_info.get("version"), "nats_py": version("nats-py")}
+    return {**common.machine(), "load_average": load, "nats_server": ".".join(map(str, (v.major, v.minor, v.patch))),
+            "nats_py": version("nats-py")}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
