@@ -102,8 +102,11 @@ def test_journal_stats(filled: str) -> None:
 
 
 def test_follow_shows_garbage_as_undecodable_goes_on_and_stops_cleanly_on_ctrl_c(filled: str, nats_url: str) -> None:
+    # Ctrl-C as a terminal gives it, even when the suite runs where SIGINT is ignored (a job in
+    # the background of a shell without job control): an ignored signal is inherited.
     process = subprocess.Popen([*SOUL, "--app", filled, "tail", "--json", "--since", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = [json.loads(process.stdout.readline()) for _ in range(3)]
         assert [line["seq"] for line in lines] == [1, 2, 3]
