@@ -23,18 +23,18 @@ restored message is stored at restore time (an event keeps its own time in its b
 from __future__ import annotations
 
 import asyncio
-import itertools
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import nats.errors
+import nats.js.errors
 import orjson
 
 from journal.errors import one_line
 from journal.journal import Journal
-from journal.persistence import JetStreamStore
+from journal.persistence import JetStreamStore, backoff, retries
 
 MAGIC = b"soul-journal-dump\n\x01"  # the last byte is the format's version
 _LENGTH = struct.Struct(">I")
@@ -222,7 +222,8 @@ def load(journal: Journal, source: BinaryIO, progress: Progress | None = None) -
         if start > 1:
             store.call(_start_at(store, start))
         if first is not None:
-            store.call(_publish(store, itertools.chain([first], items), reader.last_seq, progress))
+            store.call(_publish_first(store, first))
+            store.call(_publish(store, items, reader.last_seq, progress))
         for seq in placeholders:
             store.call(_delete(store, seq))
     except BaseException as failure:
@@ -269,11 +270,70 @@ async def _delete(store: JetStreamStore, seq: int) -> None:
 
 
 async def _api(store: JetStreamStore, subject: str, request: dict[str, Any], what: str) -> None:
-    reply = await store.connection.nc.request(f"$JS.API.{subject}", orjson.dumps(request),
-                                              timeout=store.connection.timeout)
+    for attempt in retries(store.connection.timeout):
+        try:  # no responders: the request reached no one (a stream just created in a cluster), so again
+            reply = await store.connection.nc.request(f"$JS.API.{subject}", orjson.dumps(request),
+                                                      timeout=store.connection.timeout)
+            break
+        except nats.errors.NoRespondersError:
+            await asyncio.sleep(backoff(attempt))
+    else:
+        raise RestoreError(f"JetStream at {store.connection.where} did not {what}: nothing answered; "
+                           "check the cluster (`soul services status`)")
     answer = orjson.loads(reply.data)
     if answer.get("error") or not answer.get("success"):
         raise RestoreError(f"JetStream did not {what}: {answer.get('error', answer)}")
+
+
+async def _publish_first(store: JetStreamStore, item: tuple[int, str, dict[str, str], bytes]) -> None:
+    """Publish the first message alone, again while no one answers: a stream just created in a
+    cluster takes a moment to elect its leader, and until then a publish reaches no one (the
+    window of `_publish` would have moved on). A lost answer is looked up, not published again."""
+    seq, subject, headers, data = item
+    nc, timeout = store.connection.nc, store.connection.timeout
+    for attempt in retries(timeout):
+        try:
+            reply = await nc.request(subject, data, timeout=timeout, headers=headers or None)
+        except nats.errors.NoRespondersError:
+            await asyncio.sleep(backoff(attempt))
+            continue
+        except nats.errors.TimeoutError:
+            js = nc.jetstream(timeout=timeout)
+            try:
+                if (await js.stream_info(store.stream)).state.last_seq == seq:
+                    return
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+                pass
+            await asyncio.sleep(backoff(attempt))
+            continue
+        answer = _parsed_ack(reply.data)
+        if (answer.get("error") or {}).get("code") in (500, 503):  # no leader yet
+            await asyncio.sleep(backoff(attempt))
+            continue
+        if problem := _ack_problem(seq, answer):
+            raise RestoreError(problem)
+        return
+    raise RestoreError(f"NATS at {store.connection.where} did not store seq {seq} within "
+                       f"{attempt + 1} attempts; check the cluster (`soul services status`)")
+
+
+def _parsed_ack(data: bytes) -> dict[str, Any]:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {"error": {"description": data[:80].decode(errors="replace")}}
+
+
+def _ack_problem(seq: int, answer: dict[str, Any]) -> str | None:
+    """What is wrong with the ack of the message published for `seq`, if anything."""
+    if answer.get("error"):
+        return f"JetStream refused seq {seq}: {answer['error'].get('description')}"
+    if answer.get("duplicate"):
+        return f"JetStream took seq {seq} for a duplicate of seq {answer.get('seq')} (the same Nats-Msg-Id)"
+    if answer.get("seq") != seq:
+        return (f"seq {seq} was stored at seq {answer.get('seq')}: something else writes to the stream "
+                "(stop it while restoring)")
+    return None
 
 
 async def _publish(store: JetStreamStore, items: Iterable[tuple[int, str, dict[str, str], bytes]], last: int,
@@ -287,18 +347,10 @@ async def _publish(store: JetStreamStore, items: Iterable[tuple[int, str, dict[s
 
     async def acked(msg: Any) -> None:
         seq = int(msg.subject.rsplit(".", 1)[1])
-        try:
-            answer = orjson.loads(msg.data)
-        except orjson.JSONDecodeError:
-            answer = {"error": {"description": msg.data[:80].decode(errors="replace")}}
-        problem = None
-        if answer.get("error"):
-            problem = f"JetStream refused seq {seq}: {answer['error'].get('description')}"
-        elif answer.get("duplicate"):
-            problem = f"JetStream took seq {seq} for a duplicate of seq {answer.get('seq')} (the same Nats-Msg-Id)"
-        elif answer.get("seq") != seq:
-            problem = (f"seq {seq} was stored at seq {answer.get('seq')}: something else writes to the stream "
-                       "(stop it while restoring)")
+        if (msg.headers or {}).get("Status") == "503":
+            problem = f"JetStream did not answer seq {seq}: no responders (the stream lost its leader?)"
+        else:
+            problem = _ack_problem(seq, _parsed_ack(msg.data))
         if problem and not failed.done():
             failed.set_exception(RestoreError(problem))
         window.release()

@@ -69,7 +69,7 @@ SEQUENCE_NOT_FOUND = 10043  # a message delete of a sequence the stream no longe
 _PATIENCE = 6  # times the connection's timeout
 
 
-def _retries(timeout: float) -> Iterator[int]:
+def retries(timeout: float) -> Iterator[int]:
     """Attempt numbers until the retry budget is spent."""
     deadline = time.monotonic() + _PATIENCE * timeout
     attempt = 0
@@ -78,7 +78,7 @@ def _retries(timeout: float) -> Iterator[int]:
         attempt += 1
 
 
-def _backoff(attempt: int) -> float:
+def backoff(attempt: int) -> float:
     return min(0.05 * 2 ** min(attempt, 5), 1.0)
 _CACHE_SIZE = 100_000
 
@@ -241,7 +241,7 @@ class JetStreamStore:
             first_of.setdefault(m.subject, m)
             last_of[m.subject] = m
 
-        for attempt in _retries(self.connection.timeout):
+        for attempt in retries(self.connection.timeout):
             known = {s: self.last.get(s) for s in first_of}
             conflicts = [s for s, last in known.items() if last and last.version is not None
                          and last.version >= first_of[s].version]  # fmt: skip
@@ -262,11 +262,11 @@ class JetStreamStore:
                 if all(self.last.get(s) == known[s] for s in first_of):
                     # The server refuses what it says is the last: a leader cut off from its quorum that
                     # still holds our earlier attempt. Not another writer: wait rather than spin.
-                    await asyncio.sleep(_backoff(attempt))
+                    await asyncio.sleep(backoff(attempt))
                 continue
             except (nats.errors.TimeoutError, asyncio.TimeoutError, _Retry, nats.errors.NoRespondersError):
                 # No answer (it may still have been stored), or no leader yet (election, restart).
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(backoff(attempt))
                 await self._look_again(list(first_of))
                 continue
             sequences = list(range(end - len(messages) + 1, end + 1))
@@ -340,19 +340,19 @@ class JetStreamStore:
         # Explicitly no_erase false, whatever a client library's default is.
         request = orjson.dumps({"seq": seq, "no_erase": False})
         timeout = self.connection.timeout
-        for attempt in _retries(timeout):
+        for attempt in retries(timeout):
             try:
                 reply = await self.connection.nc.request(f"$JS.API.STREAM.MSG.DELETE.{self.stream}", request,
                                                          timeout=timeout)
             except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.errors.NoRespondersError):
-                await asyncio.sleep(_backoff(attempt))  # it may have been erased: the next attempt finds out
+                await asyncio.sleep(backoff(attempt))  # it may have been erased: the next attempt finds out
                 continue
             answer = orjson.loads(reply.data)
             error = answer.get("error")
             if error is None and answer.get("success"):
                 break
             if error is not None and error.get("code") == 503:  # no leader right now
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(backoff(attempt))
                 continue
             if error is not None and error.get("err_code") == SEQUENCE_NOT_FOUND:
                 break  # an earlier attempt (whose answer was lost) or another process erased it meanwhile
@@ -433,13 +433,13 @@ class JetStreamStore:
         """`await attempt()`, again while the server answers nothing or has no stream leader (a
         cluster electing one), for the retry budget; only for what is safe to repeat (reads)."""
         error: Exception | None = None
-        for n in _retries(self.connection.timeout):
+        for n in retries(self.connection.timeout):
             try:
                 return await attempt()
             except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.errors.NoRespondersError,
                     nats.js.errors.ServiceUnavailableError, _Retry) as e:
                 error = e
-                await asyncio.sleep(_backoff(n))
+                await asyncio.sleep(backoff(n))
         if isinstance(error, (_Retry, nats.js.errors.ServiceUnavailableError)):
             raise JournalUnavailable(f"the stream {self.stream} at {self.connection.where} has had no leader for "
                                      f"{_PATIENCE * self.connection.timeout:g}s; check the cluster (`soul services status`)")
