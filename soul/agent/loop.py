@@ -160,8 +160,10 @@ class Soul:
 
     @classmethod
     def open(cls, app: str, *, model_dir: Path | None = None, config: SoulConfig | None = None,
-             generation: str | None = None, as_of: int | None = None, mind: Mind | None = None) -> Soul:
-        """The soul named `app`: its journal, projections, embedder and mind (or `mind`).
+             generation: str | None = None, as_of: int | None = None, mind: Mind | None = None,
+             weights: bool = True) -> Soul:
+        """The soul named `app`: its journal, projections, embedder and mind (or `mind`); without
+        `weights`, the mind's are read when it first thinks (not at all for tool calls alone).
 
         Without `model_dir` it thinks with the generation `soul evolve` promoted last, else with
         the base weights W0 (the embedded model), named "gen-0". `generation` names the weights
@@ -177,7 +179,7 @@ class Soul:
         generation = generation or ("external" if model_dir is not None else "gen-0")
         config = config or SoulConfig()
         mind = mind or Mind(model_dir, temperature=config.temperature, seed=config.seed,
-                            repetition_penalty=config.repetition_penalty)
+                            repetition_penalty=config.repetition_penalty, weights=weights)
         journal = Journal(app)
         try:
             return cls(app, journal, mind, load_default_embedder(), pg_url(), config=config,

@@ -2,7 +2,8 @@
 
 `Mind(None)` is the embedded SmolLM2 (evolution/weights/model.py); `Mind(path)` any MLX model directory.
 Its id is `name@hash`: the pinned GGUF's hash for the embedded model, else the root hash of
-the directory's tensors (evolution/ties.py's, so a generation's id matches its seal).
+the directory's tensors (evolution/ties.py's, so a generation's id matches its seal), hashed
+once per file and remembered under `$SOUL_HOME/models/hashes`.
 
 The KV cache is kept across calls with the tokens it holds. A call tokenizes its whole prompt,
 keeps the longest prefix the cache already holds (trimming the rest off the cache), and feeds
@@ -16,6 +17,7 @@ so the same prompt gives the same reply bytes.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -24,14 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx_lm.generate import stream_generate
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
-from evolution.weights.files import model_hashes, root_hash
-from evolution.weights.model import MODEL_ID, load
+from evolution.weights.files import remembered_hashes, root_hash
+from evolution.weights.model import MODEL_ID, load_tokenizer_and_config, load_weights
+from evolution.weights.model import model_dir as model_dir_of
+from journal.embedded import soul_home
 
 PREFILL_STEP = 2048  # mlx_lm's default: prompt tokens per forward pass while prefilling
+HASH_CACHE = Path("models", "hashes")  # under SOUL_HOME: the tensor hashes of models named before
 DEFAULT_CONTEXT = 4096  # for a model whose config does not say how long a context it takes
 
 
@@ -52,7 +58,7 @@ class Generation:
 
 
 def model_id(model_dir: Path) -> str:
-    return f"{model_dir.name}@{root_hash(model_hashes(model_dir))[:12]}"
+    return f"{model_dir.name}@{root_hash(remembered_hashes(model_dir, soul_home() / HASH_CACHE))[:12]}"
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -66,16 +72,33 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 class Mind:
     def __init__(self, model_dir: Path | str | None = None, *, temperature: float = 0.0, seed: int = 0,
-                 repetition_penalty: float | None = None):
-        self.model, self.tokenizer = load(model_dir)  # ModelError names the file that is wrong
-        self.model_id = MODEL_ID if model_dir is None else model_id(Path(model_dir))
-        self.max_context = getattr(self.model.args, "max_position_embeddings", None) or DEFAULT_CONTEXT
+                 repetition_penalty: float | None = None, weights: bool = True):
+        """With `weights` false the weights are read at the first forward pass, not here: a
+        command that only journals (a tool call, `soul message`, `soul window`) never reads them."""
+        self.folder = model_dir_of(model_dir)
+        self.tokenizer, config = load_tokenizer_and_config(model_dir)  # ModelError names the file that is wrong
+        self.max_context = config.get("max_position_embeddings") or DEFAULT_CONTEXT
         # The soul keeps prompts within max_context itself; transformers' own warning would only be noise.
         self.tokenizer._tokenizer.model_max_length = 2**62
         self.temperature, self.seed = temperature, seed
         self.logits_processors = make_logits_processors(repetition_penalty=repetition_penalty)
-        self.cache: list[Any] = make_prompt_cache(self.model)
+        self._model: nn.Module | None = None
+        self._path = model_dir
+        self.cache: list[Any] = []
         self.cached: list[int] = []  # the tokens whose keys and values `cache` holds, in order
+        if weights:
+            self.model  # noqa: B018  # read now: a damaged weights file is refused before anything is journaled
+
+    @functools.cached_property
+    def model_id(self) -> str:
+        return MODEL_ID if self._path is None else model_id(self.folder)
+
+    @property
+    def model(self) -> nn.Module:
+        if self._model is None:
+            self._model = load_weights(self._path)
+            self.cache = make_prompt_cache(self._model)
+        return self._model
 
     def encode(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
         """The prompt's tokens: `messages` (and the `tools` a tool-calling model may call) in the
@@ -88,6 +111,7 @@ class Mind:
         """The reply to `messages`, streamed to `on_token` a text segment at a time; `temperature`
         overrides the mind's for this call (0: greedy)."""
         start = time.perf_counter()
+        model = self.model
         prompt = self.encode(messages, tools)
         reused = self._reuse(prompt)
         temperature = self.temperature if temperature is None else temperature
@@ -96,7 +120,7 @@ class Mind:
         text, generated, first, speed, finish = [], [], 0.0, 0.0, "stop"
         try:
             for response in stream_generate(
-                    self.model, self.tokenizer, mx.array(prompt[reused:]), max_tokens=max_tokens,
+                    model, self.tokenizer, mx.array(prompt[reused:]), max_tokens=max_tokens,
                     sampler=make_sampler(temperature), logits_processors=self.logits_processors,
                     prompt_cache=self.cache, prefill_step_size=PREFILL_STEP):
                 if not generated:
@@ -116,15 +140,16 @@ class Mind:
     def probability(self, messages: list[dict[str, Any]], yes: str = "yes", no: str = "no") -> float:
         """P(the reply to `messages` starts with `yes`) against starting with `no`, either
         capitalised: one forward pass over what the cache does not hold yet, no sampling."""
+        model = self.model
         prompt = self.encode(messages)
         reused = self._reuse(prompt)
         rest = mx.array(prompt[reused:])
         try:
             while len(rest) > PREFILL_STEP + 1:
-                self.model(rest[None, :PREFILL_STEP], cache=self.cache)
+                model(rest[None, :PREFILL_STEP], cache=self.cache)
                 mx.eval([c.state for c in self.cache])
                 rest = rest[PREFILL_STEP:]
-            logits = self.model(rest[None], cache=self.cache)[0, -1].astype(mx.float32)
+            logits = model(rest[None], cache=self.cache)[0, -1].astype(mx.float32)
         except BaseException:
             self.forget()
             raise
@@ -181,4 +206,4 @@ class Mind:
 
     def forget(self) -> None:
         """Drop the KV cache: the next call prefills its whole prompt."""
-        self.cache, self.cached = make_prompt_cache(self.model), []
+        self.cache, self.cached = [] if self._model is None else make_prompt_cache(self._model), []

@@ -149,7 +149,7 @@ def stop(home: Path, timeout: float) -> None:
 def message(ctx: click.Context, to: str, text: str, model: Path | None) -> None:
     """Send TEXT to soul TO (another soul's name on the same NATS) as this soul's `message`
     tool call, journaled with its result. It waits in TO's inbox until TO's daemon takes it."""
-    with open_soul(ctx, model) as soul:
+    with open_soul(ctx, model, think=False) as soul:
         result = soul.turn(f"/message {to} {text}")
     if result.reply.startswith("error: "):
         raise click.ClickException(result.reply.removeprefix("error: "))

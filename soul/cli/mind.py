@@ -126,10 +126,10 @@ def say(ctx: click.Context, prose: str, conversation: str, model: Path | None, a
     chat command (`/help` lists them) runs its tool instead. The conversation goes on across
     invocations: each turn's window comes from the journal.
     """
-    with open_soul(ctx, model, as_generation) as soul:
+    command = prose.startswith("/")
+    with open_soul(ctx, model, as_generation, think=not command) as soul:
         if not as_json:
             answer_pending(soul, conversation)
-        command = prose.startswith("/")
         result = soul.turn(prose, conversation=conversation, on_token=None if as_json or command else stream_to(sys.stdout),
                            memory=not no_memory, max_tokens=max_tokens, temperature=temperature)
     if as_json:
@@ -188,7 +188,7 @@ def window(ctx: click.Context, conversation: str, model: Path | None, as_generat
     the summary, the retrievals (searched with the newest turn), the turns, each block with its
     tokens, and the total against the budget. A new message joins at the end, with retrievals of
     its own. Journals nothing; the soul is opened here, even when a daemon runs."""
-    with open_soul(ctx, model, as_generation, here=True) as soul:
+    with open_soul(ctx, model, as_generation, here=True, think=False) as soul:
         context, messages = soul.look(conversation, memory=not no_memory)
         blocks = [{"kind": b.kind, "seq": b.seq, "tokens": count(soul.mind.tokenizer, b.text), "text": b.text}
                   for b in context.blocks]

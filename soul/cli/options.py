@@ -90,11 +90,12 @@ def mind_errors() -> tuple[type[Exception], ...]:
 
 @contextmanager
 def open_soul(ctx: click.Context, model: Path | None, as_generation: str | None = None,
-              here: bool = False) -> Iterator[Soul]:
+              here: bool = False, think: bool = True) -> Iterator[Soul]:
     """The soul to talk to: the running `soul daemon`'s if one serves this soul (its model
     answers; soul/doors/daemon.py), else one opened in this process. `as_generation` ("gen-N"),
     and any soul when `here`, is opened here: that past self's weights, remembering the journal
-    up to its cut. Model, embedder, lineage, window, rating and daemon mistakes end in one line."""
+    up to its cut. Unless it will `think`, the mind's weights are not read (a tool call, the
+    window). Model, embedder, lineage, window, rating and daemon mistakes end in one line."""
     from soul.doors.daemon import DaemonError, attach
 
     app, errors = app_of(ctx), (*mind_errors(), DaemonError)
@@ -104,9 +105,10 @@ def open_soul(ctx: click.Context, model: Path | None, as_generation: str | None 
 
             with Journal(app) as journal:
                 folder, cut = resolve(journal, soul_home(), as_generation)
-            opened = Soul.open(app, model_dir=folder, generation=f"gen-{parse_name(as_generation)}", as_of=cut)
+            opened = Soul.open(app, model_dir=folder, generation=f"gen-{parse_name(as_generation)}", as_of=cut,
+                               weights=think)
         else:
-            opened = (None if here else attach(app)) or Soul.open(app, model_dir=model)
+            opened = (None if here else attach(app)) or Soul.open(app, model_dir=model, weights=think)
         with opened as soul:
             yield soul
     except errors as e:

@@ -123,3 +123,14 @@ def test_the_model_id_is_its_directory_and_tensors(tiny: Path, tmp_path: Path) -
     other = build_tiny_model(tmp_path / "other", seed=2)
     assert Mind(tiny).model_id == Mind(same).model_id != Mind(other).model_id.replace("other", tiny.name)
     assert Mind(tiny).model_id.startswith(f"{tiny.name}@")
+
+
+def test_a_model_is_hashed_once_and_again_when_its_weights_change(tiny: Path, tmp_path: Path, soul_home: Path) -> None:
+    mine = tmp_path / "mine"
+    shutil.copytree(tiny, mine)
+    first = Mind(mine, weights=False).model_id
+    assert len(list((soul_home / "models" / "hashes").iterdir())) == 1  # remembered
+    assert Mind(mine, weights=False).model_id == first
+    other = build_tiny_model(tmp_path / "other", seed=2)
+    shutil.copy(other / "model.safetensors", mine / "model.safetensors")
+    assert Mind(mine, weights=False).model_id == Mind(other).model_id.replace("other", "mine") != first

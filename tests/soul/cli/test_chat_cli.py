@@ -129,6 +129,20 @@ def test_a_bad_model_directory_is_one_line(app: str, tiny: Path, tmp_path: Path)
     assert broken.stderr.startswith(f"Error: {corrupt / 'model.safetensors'} does not load")
 
 
+def test_a_command_that_only_journals_never_reads_the_weights(app: str, tiny: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny, damaged)
+    (damaged / "model.safetensors").write_bytes(b"\0" * 64)
+    recalled = soul(app, "say", "/recall lighthouse", "--model", str(damaged))
+    assert recalled.exit_code == 0 and recalled.stdout == "nothing recalled for 'lighthouse'\n", recalled.output
+    sent = soul(app, "message", f"{app}-peer", "the bridge opens at noon", "--model", str(damaged))
+    assert sent.exit_code == 0 and sent.stdout.startswith(f"sent to {app}-peer (packet "), sent.output
+    assert soul(app, "window", "--model", str(damaged), "--json").exit_code == 0
+    said = soul(app, "say", "hi", "--model", str(damaged))
+    assert said.exit_code == 1 and said.stderr.startswith(f"Error: {damaged / 'model.safetensors'} does not load")
+    assert "perception" not in journaled(app)  # refused before the words were journaled
+
+
 def test_chat_answers_lines_until_end_of_input(app: str, tiny: Path) -> None:
     chatted = soul(app, "chat", "--model", str(tiny), stdin="Good evening\n\n/help\nAnother line\n")
     assert chatted.exit_code == 0, chatted.output
