@@ -1,3 +1,3 @@
-from soul.cli import entry
+from soul.launch import entry
 
 entry()

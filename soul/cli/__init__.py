@@ -15,7 +15,6 @@ from typing import Any
 import click
 from eventsourcing.persistence import PersistenceError
 
-from evolution.weights.blas import BlasError, reexec_with_optimized_blas
 from journal.embedded import ServiceError
 from journal.errors import one_line
 from journal.event import EventError
@@ -88,11 +87,3 @@ for command in (run, perceive, tail, journal, search, corpus, projections, say, 
                 mcp, evolve, generations, replay, export, forget, backup, restore, doctor, services):
     main.add_command(command)
 
-
-def entry() -> None:
-    """The `soul` console script: restart once with the optimized BLAS preloaded, then run."""
-    try:
-        reexec_with_optimized_blas()
-    except BlasError as e:
-        sys.exit(f"Error: {e}")
-    main()
