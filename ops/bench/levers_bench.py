@@ -2,7 +2,8 @@
 """Which training settings make a generation learn: the learning benchmark's rows, offline.
 
     python ops/bench/levers_bench.py [--generations 2] [--keys mlp] [--lam 0.8] [--lams 0.6,1.0]
-        [--density 0.3] [--rehearse 0] [--relearn] [--rule restate-v1] [--json]   # ~5 min a generation on 2 cores
+        [--density 0.3] [--weight 0.5] [--no-normalize] [--rehearse 0] [--relearn] [--rule restate-v2]
+        [--json]                                                     # ~5 min a generation on 2 cores
     python ops/bench/levers_bench.py --quick --model DIR            # seconds: the tests
 
 `learning_bench.py` goes through the real path (turns, ratings, `soul evolve`) and takes about
@@ -14,9 +15,11 @@ the parent generation's greedy reply) and its lesson's (cue, answer) rows
 ops/bench/data/rehearsal_prompts.txt (none of them a benchmark question), and with `--relearn`
 the lesson rows of every earlier generation's facts again. It trains a LoRA on
 generation g-1 with `evolution.train.train_adapter` and merges `W0 + λ·TIES(Δ1..Δg)` with
-`evolution.ties.merge_model`, then asks the merged weights, as learning_bench does, every
-group taught so far and the general questions W0 answers right, and measures anchor-set
-perplexity. Nothing is asserted: the figures are printed (docs/evolution.md holds them).
+`evolution.ties.merge_model` (every task vector at `--weight` and `--density`; the disjoint sum
+divided by Σ weight·mask, a disjoint mean, unless `--no-normalize`), then asks the merged
+weights, as learning_bench does, every group taught so far and the general questions W0
+answers right, and measures anchor-set perplexity. Nothing is asserted: the figures are
+printed (docs/evolution.md holds them).
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     anchor = anchor_texts()[:1] if args.quick else anchor_texts()
     keys = KEYS.get(args.keys) or tuple(args.keys.split(","))
     config = EvolutionConfig(keys=keys, iters=args.iters, learning_rate=args.learning_rate, rank=args.rank,
+                             weight=args.weight, normalize=not args.no_normalize,
                              **({"batch_size": 2, "max_seq_length": 128} if args.quick else {}))
     base = Path(args.model) if args.model else embedded_model_dir()
     w0 = Asker(base, DEFAULT_SELF, args.max_tokens)
@@ -103,7 +107,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             extra = [float(x) for x in args.lams.split(",") if x] if g == args.generations else []
             for lam in [args.lam, *extra]:
                 out = work / f"gen-{g}-lambda-{lam:g}"
-                seal = merge_model(base, out, adapters, [config.weight] * g, [args.density] * g, lam=lam)
+                seal = merge_model(base, out, adapters, [config.weight] * g, [args.density] * g, lam=lam,
+                                   normalize=config.normalize)
                 asker = Asker(out, DEFAULT_SELF, args.max_tokens)
                 merged = {"lambda": lam, "max_drift": round(max(seal.drift.values()), 4),
                           "perplexity_ratio": round(perplexity((asker.model, asker.tokenizer), anchor) / w0_perplexity, 3),
@@ -136,6 +141,9 @@ def main() -> None:
     parser.add_argument("--lam", type=float, default=0.8, help="λ of every generation's merge")
     parser.add_argument("--lams", default="", help="more λ to measure for the last generation, e.g. 0.6,1.0")
     parser.add_argument("--density", type=float, default=0.3)
+    parser.add_argument("--weight", type=float, default=EvolutionConfig().weight, help="every task vector's TIES weight")
+    parser.add_argument("--no-normalize", action="store_true",
+                        help="merge the disjoint sum of the weighted deltas, not their disjoint mean")
     parser.add_argument("--rehearse", type=int, default=0, help="rows of W0's own answers added to each generation")
     parser.add_argument("--relearn", action="store_true",
                         help="add every earlier generation's lesson rows to each generation's rows")
