@@ -33,7 +33,7 @@ from evolution.lineage import Generation, chain, current_epoch, lineage, record
 from evolution.store import GenerationStore
 from evolution.ties import LoraAdapter, MergeSeal, merge_model
 from evolution.train import cache_key, environment, find_cached, rows_digest, train_adapter
-from evolution.weights.files import model_hashes, root_hash
+from evolution.weights.files import HASH_CACHE, remembered_hashes, root_hash
 from evolution.weights.model import embedded_model_dir, load
 from journal.journal import Journal
 
@@ -59,7 +59,7 @@ def base_model(path: str | Path | None, home: Path) -> Base:
     folder = Path(chosen).expanduser() if chosen else embedded_model_dir(home)
     if not folder.is_dir():
         raise EvolveError(f"no model folder at {folder}")
-    hashes = model_hashes(folder)
+    hashes = remembered_hashes(folder, Path(home) / HASH_CACHE)  # W0 is hashed once, not at every evolve
     if not hashes:
         raise EvolveError(f"{folder} holds no *.safetensors: not an MLX model folder")
     return Base(folder, root_hash(hashes))

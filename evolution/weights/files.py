@@ -19,6 +19,7 @@ import numpy as np
 
 MERGEABLE_DTYPES = ("F32", "F16", "BF16")
 COPY_CHUNK = 16 << 20  # bytes per read when copying a tensor that does not change
+HASH_CACHE = Path("models", "hashes")  # under SOUL_HOME: `remembered_hashes` of models named before
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import mlx.core as mx
 
-from evolution.weights.files import remembered_hashes, root_hash
+from evolution.weights.files import HASH_CACHE, remembered_hashes, root_hash
 from evolution.weights.model import MODEL_ID, load_tokenizer, load_weights, model_config
 from evolution.weights.model import model_dir as model_dir_of
 from journal.embedded import soul_home
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 # (1.4 s), which a soul that only journals a tool call (`soul message`) never needs.
 
 PREFILL_STEP = 2048  # mlx_lm's default: prompt tokens per forward pass while prefilling
-HASH_CACHE = Path("models", "hashes")  # under SOUL_HOME: the tensor hashes of models named before
 DEFAULT_CONTEXT = 4096  # for a model whose config does not say how long a context it takes
 
 
