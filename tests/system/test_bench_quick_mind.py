@@ -86,3 +86,11 @@ def test_evolution_evidence_quick_trains_merges_and_grows_a_lineage(tiny: Path, 
     assert list(generations) == ["W0", "gen-1", "gen-2"]
     assert all(len(row) == 5 and all(v > 0 for v in row.values()) for row in generations.values())
     assert generations["gen-1"]["curated A"] != generations["W0"]["curated A"]  # the merge changed the weights
+
+
+def test_cold_start_quick_times_each_command_against_raw_mlx_lm(tiny: Path, tmp_path: Path) -> None:
+    report = quick("cold_start_bench.py", tiny, tmp_path)
+    medians = report["median_s"]
+    assert set(medians) == {"python", "raw_first_token", "say_first_token", "say_exit", "message_exit", "help_exit"}
+    assert 0 < medians["python"] < medians["help_exit"] and medians["say_first_token"] <= medians["say_exit"]
+    assert report["say_over_raw"] > 0 and report["pass"] is None
