@@ -53,9 +53,10 @@ def trim_magnitude(delta: np.ndarray, density: float) -> np.ndarray:
     k = min(n, max(1, int(density * n)))
     magnitude = np.abs(values).ravel()
     threshold = np.partition(magnitude, n - k)[n - k]  # the k-th largest |δ|
-    keep = magnitude > threshold
-    short = k - int(np.count_nonzero(keep))
-    keep[np.flatnonzero(magnitude == threshold)[:short]] = True
+    keep = magnitude >= threshold
+    extra = int(np.count_nonzero(keep)) - k
+    if extra:  # ties at the cut (rare): drop the ones at the highest positions
+        keep[np.flatnonzero(magnitude == threshold)[-extra:]] = False
     return np.where(keep.reshape(values.shape), values, np.float32(0))
 
 
@@ -112,7 +113,7 @@ def ties_merge(
     merged = np.zeros(base.shape, np.float32)
     divisor = np.zeros(base.shape, np.float32)
     for weight, wd in zip(ordered_weights, weighted):
-        mask = np.subtract(wd > 0, wd < 0, dtype=sign_dtype) == elected
+        mask = wd * elected > 0  # sign(wd) == elected; zero entries never count
         merged += wd * mask
         divisor += weight * mask
     if normalize:
