@@ -32,7 +32,7 @@ from evolution.curate import Curation, curate, redacted_ids, summary, training_r
 from evolution.lineage import Generation, chain, current_epoch, lineage, record
 from evolution.store import GenerationStore
 from evolution.ties import LoraAdapter, MergeSeal, merge_model
-from evolution.train import cache_key, environment, find_cached, rows_digest, train_adapter
+from evolution.train import TrainingWork, cache_key, environment, find_cached, rows_digest, train_adapter
 from evolution.weights.files import HASH_CACHE, remembered_hashes, root_hash
 from evolution.weights.model import embedded_model_dir, load
 from journal.journal import Journal
@@ -85,6 +85,7 @@ class Outcome:
     # Wall seconds per stage (curate, lessons, parent, rows, train, merge, evaluate, promote): what
     # this run took, so not journaled (a generation's events stay a function of its inputs).
     seconds: dict[str, float] = field(default_factory=dict)
+    training: dict[str, float] = field(default_factory=dict)  # `TrainingWork.as_dict()`, when it trained
 
 
 class Stopwatch:
@@ -170,6 +171,7 @@ def make_generation(journal: Journal, store: GenerationStore, base: Base, config
                  "config": config.training(),
                  "seed": config.seed, "environment": adapter.environment})
 
+    training = adapter.work.as_dict() if adapter.work else {}
     entries = [*(adapter_entry(store, g) for g in promoted), (adapter.path, config.weight, config.density)]
     with watch("merge"):
         made = store.staging_dir()
@@ -197,13 +199,14 @@ def make_generation(journal: Journal, store: GenerationStore, base: Base, config
                {"generation": number, "epoch": epoch, "why": why, "root_sha256": seal.root_sha256})
         store.discard(seal.root_sha256)
         return Outcome(number, "rejected", summary(curation), run, why, seal.root_sha256, cached, figures,
-                       watch.seconds)
+                       watch.seconds, training)
     with watch("promote"):
         # The journal says it first: a crash before the switch is caught up by `reconcile`.
         record(journal, "generation_promoted", f"gen-{number} promoted: the soul now runs on it", run,
                {"generation": number, "epoch": epoch, "root_sha256": seal.root_sha256})
         store.promote(f"gen-{number}", seal.root_sha256)
-    return Outcome(number, "promoted", summary(curation), run, None, seal.root_sha256, cached, figures, watch.seconds)
+    return Outcome(number, "promoted", summary(curation), run, None, seal.root_sha256, cached, figures, watch.seconds,
+                   training)
 
 
 def shortfall(curation: Curation, config: EvolutionConfig) -> str | None:
@@ -256,6 +259,7 @@ class Adapter:
     sha256: str
     key: str
     environment: dict[str, Any]
+    work: TrainingWork | None = None  # trained in this run: its arithmetic against the matmul rate
 
 
 def adapter_for(parent_dir: Callable[[], Path] | Path, parent_root: str, rows: list[dict[str, Any]],
@@ -275,7 +279,7 @@ def adapter_for(parent_dir: Callable[[], Path] | Path, parent_root: str, rows: l
             progress("training", done, total)
 
     trained = train_adapter(folder, rows, config, root, ticks, base_root_hash=parent_root)
-    return Adapter(trained.path, trained.sha256, key, trained.environment), False
+    return Adapter(trained.path, trained.sha256, key, trained.environment, trained.work), False
 
 
 def adapter_entry(store: GenerationStore, generation: Generation) -> tuple[Path, float, float]:

@@ -26,6 +26,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -35,13 +36,14 @@ from typing import Any, TextIO
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
+from mlx.utils import tree_flatten
 from mlx_lm.tuner.callbacks import TrainingCallback
 from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
 from mlx_lm.tuner.trainer import TrainingArgs, train
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from evolution.config import EvolutionConfig, canonical_json
-from evolution.weights.blas import blas_in_use
+from evolution.weights.blas import blas_in_use, matmul_gflops
 from evolution.weights.files import model_hashes, root_hash, sha256_file
 from evolution.weights.model import load
 
@@ -69,6 +71,28 @@ class TrainedAdapter:
     sha256: str  # of adapters.safetensors: the adapter's identity
     config: dict[str, Any]  # adapter_config.json
     environment: dict[str, Any]  # where it was trained (`environment()`)
+    work: TrainingWork | None = None  # what the training loop computed, when it ran here
+
+
+@dataclass(frozen=True)
+class TrainingWork:
+    """The training loop's useful arithmetic against what this machine's matmuls do. An
+    estimate: ≈ 4 × parameters × tokens (forward and backward through the frozen weights; the
+    LoRA factors' own work is a rounding error), tokens = iterations × batch × the rows' mean
+    length (mlx-lm's padding of each batch to a multiple of 32 is not useful work)."""
+
+    parameters: int
+    tokens: int
+    seconds: float  # the loop alone, not loading or saving
+    matmul_gflop_per_s: float  # a 1024² float32 matmul on the same device, right after
+
+    def as_dict(self) -> dict[str, float]:
+        gflop = 4 * self.parameters * self.tokens / 1e9
+        rate = gflop / self.seconds if self.seconds else 0.0
+        return {"parameters": self.parameters, "tokens": self.tokens, "gflop": round(gflop, 1),
+                "seconds": round(self.seconds, 2), "gflop_per_s": round(rate, 1),
+                "matmul_gflop_per_s": round(self.matmul_gflop_per_s, 1),
+                "of_matmul": round(rate / self.matmul_gflop_per_s, 3) if self.matmul_gflop_per_s else 0.0}
 
 
 def environment() -> dict[str, Any]:
@@ -163,6 +187,7 @@ def train_adapter(model_dir: Path, rows: list[dict[str, Any]], config: Evolution
     adapters_root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=adapters_root, prefix=".train-"))
     try:
+        parameters = sum(v.size for _, v in tree_flatten(model.parameters()))
         model.freeze()
         mx.random.seed(config.seed)  # the LoRA factors' initial values
         linear_to_lora_layers(model, config.num_layers, settings["lora_parameters"])
@@ -172,9 +197,14 @@ def train_adapter(model_dir: Path, rows: list[dict[str, Any]], config: Evolution
             steps_per_report=1, steps_per_save=settings["iters"] + 1, adapter_file=str(work / ADAPTER_FILE),
         )
         reporter = _Reporter(progress, settings["iters"], sys.stdout)
+        started = time.perf_counter()
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
             train(model, optim.Adam(learning_rate=config.learning_rate),
                   CacheDataset(ChatDataset(fitted, tokenizer, mask_prompt=True)), args=args, training_callback=reporter)
+        looped = time.perf_counter() - started
+        lengths = [min(len(tokenizer.apply_chat_template(r["messages"])), config.max_seq_length) for r in fitted]
+        arithmetic = TrainingWork(parameters, round(settings["iters"] * settings["batch_size"] * sum(lengths) / len(lengths)),
+                            looped, matmul_gflops())
         (work / CONFIG_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
         sha256 = sha256_file(work / ADAPTER_FILE)
         training = {"cache_key": key, "environment": env, "rows": len(rows), "rows_shortened": shortened,
@@ -189,7 +219,7 @@ def train_adapter(model_dir: Path, rows: list[dict[str, Any]], config: Evolution
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _remember(adapters_root, key, sha256)
-    return TrainedAdapter(final, sha256, settings, env)
+    return TrainedAdapter(final, sha256, settings, env, arithmetic)
 
 
 def fit_rows(rows: list[dict[str, Any]], tokenizer: Any, max_seq_length: int) -> tuple[list[dict[str, Any]], int, int]:

@@ -120,6 +120,9 @@ def _outcome_line(outcome) -> str:
                   if f.get("recall", {}).get("asked") else ""))
     stages = ", ".join(f"{stage} {s:.0f} s" for stage, s in outcome.seconds.items() if s >= 0.5)
     figures += f"; took {sum(outcome.seconds.values()):.0f} s" + (f" ({stages})" if stages else "")
+    if t := outcome.training:
+        figures += (f"; training ~{t['gflop']:g} GFLOP at {t['gflop_per_s']:g} GFLOP/s, {t['of_matmul']:.2f} of "
+                    f"this machine's matmul rate ({t['matmul_gflop_per_s']:g})")
     if outcome.status == "rejected":
         previous = f"gen-{outcome.generation - 1}" if outcome.generation > 1 else "W0"
         return f"gen-{outcome.generation} rejected: {outcome.why}; {previous} stays active ({figures})"

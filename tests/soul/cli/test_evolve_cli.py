@@ -83,6 +83,7 @@ def test_evolve_generations_replay_export(setup, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("gen-1 promoted: 3 moments from seq 1..9; root ")
     assert "adapter trained" in result.stdout and "curated loss" in result.stdout and "; took " in result.stdout
+    assert " of this machine's matmul rate (" in result.stdout
     gen1 = chain(lineage(journal))[0]
 
     listed = invoke("generations")
@@ -128,6 +129,9 @@ def test_forget_then_rebuild_names_the_changed_generations(setup) -> None:
     assert outcome["status"] == "promoted"  # and where its time went, stage by stage
     assert list(outcome["seconds"]) == ["curate", "lessons", "parent", "rows", "train", "merge", "evaluate", "promote"]
     assert all(s >= 0 for s in outcome["seconds"].values()) and outcome["seconds"]["train"] > 0
+    work = outcome["training"]  # and the training's arithmetic against this machine's matmul rate
+    assert work["tokens"] > 0 and work["parameters"] > 0 and 0 < work["seconds"] < outcome["seconds"]["train"]
+    assert work["matmul_gflop_per_s"] > 0 and work["of_matmul"] == round(work["gflop_per_s"] / work["matmul_gflop_per_s"], 3)
     old = chain(lineage(journal))[0]
     seq = next(e.seq for e in journal.read() if e.event and e.event.id == thoughts[1].id)
 
