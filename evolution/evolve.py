@@ -259,7 +259,7 @@ class Adapter:
     sha256: str
     key: str
     environment: dict[str, Any]
-    work: TrainingWork | None = None  # trained in this run: its arithmetic against the matmul rate
+    work: TrainingWork | None = field(default=None, compare=False)  # trained in this run: its arithmetic
 
 
 def adapter_for(parent_dir: Callable[[], Path] | Path, parent_root: str, rows: list[dict[str, Any]],

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, TextIO
@@ -71,7 +71,7 @@ class TrainedAdapter:
     sha256: str  # of adapters.safetensors: the adapter's identity
     config: dict[str, Any]  # adapter_config.json
     environment: dict[str, Any]  # where it was trained (`environment()`)
-    work: TrainingWork | None = None  # what the training loop computed, when it ran here
+    work: TrainingWork | None = field(default=None, compare=False)  # the training loop's, when it ran here
 
 
 @dataclass(frozen=True)
