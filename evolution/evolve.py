@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,6 +51,7 @@ class Base:
 
     path: Path
     root_sha256: str
+    tensor_sha256: Mapping[str, str] = field(default_factory=dict, compare=False)  # what it is rooted in
 
 
 def base_model(path: str | Path | None, home: Path) -> Base:
@@ -62,7 +63,7 @@ def base_model(path: str | Path | None, home: Path) -> Base:
     hashes = remembered_hashes(folder, Path(home) / HASH_CACHE)  # W0 is hashed once, not at every evolve
     if not hashes:
         raise EvolveError(f"{folder} holds no *.safetensors: not an MLX model folder")
-    return Base(folder, root_hash(hashes))
+    return Base(folder, root_hash(hashes), hashes)
 
 
 def adapters_root(home: Path) -> Path:
@@ -174,8 +175,7 @@ def make_generation(journal: Journal, store: GenerationStore, base: Base, config
     training = adapter.work.as_dict() if adapter.work else {}
     entries = [*(adapter_entry(store, g) for g in promoted), (adapter.path, config.weight, config.density)]
     with watch("merge"):
-        made = store.staging_dir()
-        seal = merge(base, entries, config, made, progress)
+        made, seal = merge(store, base, entries, config, progress)
         folder = store.keep(made, seal)
     with watch("evaluate"):
         asked = questions(lessons(journal, set(curation.lessons)).values())
@@ -292,10 +292,11 @@ def adapter_entry(store: GenerationStore, generation: Generation) -> tuple[Path,
     return found.path, config["weight"], config["density"]
 
 
-def merge(base: Base, entries: list[tuple[Path, float, float]], config: EvolutionConfig, out_dir: Path,
-          progress: Progress | None) -> MergeSeal:
-    """`W0 + λ·TIES(...)` of the (adapter folder, weight, density) entries into `out_dir`;
-    λ, normalize and int8_mask from `config` (the newest generation's)."""
+def merge(store: GenerationStore, base: Base, entries: list[tuple[Path, float, float]], config: EvolutionConfig,
+          progress: Progress | None) -> tuple[Path, MergeSeal]:
+    """`W0 + λ·TIES(...)` of the (adapter folder, weight, density) entries into a new folder of
+    the store's staging, its tensors shared through the store; λ, normalize and int8_mask from
+    `config` (the newest generation's). The folder and its seal."""
     adapters = [LoraAdapter(path) for path, _, _ in entries]
     total, done = sum(len(a.names) for a in adapters), 0
 
@@ -305,9 +306,11 @@ def merge(base: Base, entries: list[tuple[Path, float, float]], config: Evolutio
         if progress is not None:
             progress("merging", done, total)
 
-    return merge_model(base.path, out_dir, [_Counted(a, tick) for a in adapters],
-                       [w for _, w, _ in entries], [d for _, _, d in entries],
-                       lam=config.lam, normalize=config.normalize, int8_mask=config.int8_mask)
+    made = store.staging_dir()
+    return made, merge_model(base.path, made, [_Counted(a, tick) for a in adapters],
+                             [w for _, w, _ in entries], [d for _, _, d in entries],
+                             lam=config.lam, normalize=config.normalize, int8_mask=config.int8_mask,
+                             tensors=store.tensors, base_hashes=base.tensor_sha256)
 
 
 class _Counted:
@@ -332,8 +335,7 @@ def weights_of(store: GenerationStore, base: Base, promoted: list[Generation]) -
     if folder is not None:
         return folder
     config = EvolutionConfig.journaled(last.curation["config"])
-    made = store.staging_dir()
-    seal = merge(base, [adapter_entry(store, g) for g in promoted], config, made, None)
+    made, seal = merge(store, base, [adapter_entry(store, g) for g in promoted], config, None)
     if seal.root_sha256 != last.root_sha256:
         raise EvolveError(f"{last.name} merged again from its cached adapters hashes to {seal.root_sha256[:12]}, "
                           f"not its sealed {last.root_sha256[:12]}; `soul replay --to {last.name}` says why")

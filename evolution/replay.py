@@ -105,8 +105,7 @@ def replay(journal: Journal, home: Path, to: str, base: Base, *, from_scratch: b
                                     "cached": cached})
             faithful = faithful and adapter.sha256 == sealed
             entries.append((adapter.path, config.weight, config.density))
-        made = store.staging_dir()
-        seal = merge(base, entries, EvolutionConfig.journaled(target.curation["config"]), made, progress)
+        made, seal = merge(store, base, entries, EvolutionConfig.journaled(target.curation["config"]), progress)
         report.root = seal.root_sha256
         sealed_hashes = target.seal["tensor_sha256"]
         report.tensors = sorted(n for n in seal.tensor_sha256.keys() | sealed_hashes.keys()
@@ -120,6 +119,5 @@ def replay(journal: Journal, home: Path, to: str, base: Base, *, from_scratch: b
 def _merged(store: GenerationStore, base: Base, entries: list[tuple[Path, float, float]],
             parent: Generation) -> tuple[Path, str]:
     """The parent's weights merged again from `entries` into staging, and their root hash."""
-    folder = store.staging_dir()
-    seal = merge(base, entries, EvolutionConfig.journaled(parent.curation["config"]), folder, None)
+    folder, seal = merge(store, base, entries, EvolutionConfig.journaled(parent.curation["config"]), None)
     return folder, seal.root_sha256

@@ -1,7 +1,8 @@
 """Where a soul's generations of weights live: `$SOUL_HOME/generations/<app>/` (design §6).
 
     weights/<root hash>/  one complete generation: the MLX model directory `merge_model` wrote,
-                          plus seal.json (its per-tensor and root sha256)
+                          hard links into tensors/, plus seal.json (its per-tensor and root sha256)
+    tensors/              every tensor of every generation, once (evolution/weights/tensors.py)
     staging/              generations being made; never read, emptied when the next run starts
     active.json           the generation the soul runs on, {"generation", "root_sha256"}; absent: W0
     lock                  held by the one evolve or replay that writes here
@@ -9,7 +10,8 @@
 A generation enters weights/ only after its files hash to its seal, and becomes active only by
 an `os.replace` of active.json, so a crash at any point leaves the previous generation active
 and whole. Folders are named by root hash: a replay that rebuilds the same bytes finds them.
-Tensors are not shared between generations: each costs a whole model on disk.
+Tensors are shared between generations: one costs disk only for the tensors its merge changed
+(folders made before tensors/ existed hold whole shards, and are read as they are).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from evolution.ties import MergeSeal
 from evolution.weights.files import model_hashes, root_hash
+from evolution.weights.tensors import TensorStore
 
 SEAL_FILE = "seal.json"
 ACTIVE_FILE = "active.json"
@@ -56,9 +59,14 @@ class GenerationStore:
         (self.root / "staging").mkdir(parents=True, exist_ok=True)
         return self.root / "staging" / uuid.uuid4().hex
 
+    @property
+    def tensors(self) -> TensorStore:
+        return TensorStore(self.root / "tensors")
+
     def clear_staging(self) -> None:
         """Remove what interrupted runs left (call under `lock`: no run is writing there)."""
         shutil.rmtree(self.root / "staging", ignore_errors=True)
+        self.tensors.collect()
 
     def keep(self, made: Path, seal: MergeSeal) -> Path:
         """Move a merged generation from staging into weights/ once its files hash to `seal`."""
@@ -107,6 +115,7 @@ class GenerationStore:
         current = self.active()
         if current is None or current[1] != self.weights_path(root_sha256):
             shutil.rmtree(self.weights_path(root_sha256), ignore_errors=True)
+            self.tensors.collect()
 
     def promote(self, generation: str | None, root_sha256: str | None = None) -> None:
         """Make `generation` (with weights `root_sha256`, already kept) the active one, or W0 if None."""

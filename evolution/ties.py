@@ -6,7 +6,8 @@ Three parts, each usable alone:
 - `lora_delta` / `LoraAdapter`: dense task vectors rebuilt from mlx-lm LoRA adapters, computed
   exactly as `mlx_lm.tuner.lora.LoRALinear.fuse` computes them.
 - `merge_model`: the whole-model merge, streamed tensor by tensor from safetensors shards to
-  new shards, sealed with per-tensor sha256, a root hash and per-tensor drift.
+  new shards (or to tensors kept once by content, evolution/weights/tensors.py), sealed with
+  per-tensor sha256, a root hash and per-tensor drift.
 
 Why numpy and not mlx for the merge: numpy's elementwise float32 arithmetic is IEEE-rounded
 and identical on every CPU, so a generation's bytes do not depend on the device (mlx's results
@@ -21,8 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -31,6 +33,9 @@ import mlx.core as mx
 import numpy as np
 
 from evolution.weights.files import StoredTensor, copy_range, from_float32, read_layout, root_hash, to_float32
+from evolution.weights.tensors import TensorStore, shard_name
+
+INDEX_SUFFIX = ".safetensors.index.json"  # a sharded model's map of tensors to files
 
 # -- the per-tensor merge ------------------------------------------------------------------
 
@@ -202,8 +207,14 @@ def merge_model(
     lam: float = 1.0,
     normalize: bool = True,
     int8_mask: bool = False,
+    tensors: TensorStore | None = None,
+    base_hashes: Mapping[str, str] | None = None,
 ) -> MergeSeal:
     """Write generation `W0 + λ · TIES(task vectors)` of the model in `base_dir` to `out_dir`.
+
+    With `tensors`, `out_dir` holds one hard link per tensor into that store instead of shards
+    (evolution/weights/tensors.py): only the tensors a task vector changes are written, and an
+    unchanged one whose hash `base_hashes` gives is linked without being read. Without it:
 
     Every `*.safetensors` shard of the base is rewritten under the same name with the same
     header (names, dtypes, shapes and offsets do not change), tensor by tensor in file order:
@@ -235,8 +246,13 @@ def merge_model(
     partial.mkdir(parents=True)
     try:
         for path in sorted(base_dir.iterdir()):
-            if path.is_file() and path.suffix != ".safetensors":
+            if path.is_file() and path.suffix != ".safetensors" and not (tensors and path.name.endswith(INDEX_SUFFIX)):
                 shutil.copyfile(path, partial / path.name)
+        if tensors is not None:
+            seal = _merge_into(tensors, base_hashes or {}, layouts, partial, task_vectors, weights, densities,
+                               lam, normalize, int8_mask)
+            partial.rename(out_dir)
+            return seal
         hashes: dict[str, str] = {}
         drift: dict[str, float] = {}
         for shard in shards:
@@ -262,6 +278,35 @@ def merge_model(
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    return MergeSeal(hashes, root_hash(hashes), drift)
+
+
+def _merge_into(tensors: TensorStore, base_hashes: Mapping[str, str], layouts, out_dir: Path, task_vectors,
+                weights, densities, lam, normalize, int8_mask) -> MergeSeal:
+    """`merge_model` into `tensors`, linked from `out_dir` with an index of where each tensor is."""
+    hashes: dict[str, str] = {}
+    drift: dict[str, float] = {}
+    where: dict[str, str] = {}
+    total = 0
+    for shard, (_, stored_tensors) in layouts.items():
+        with open(shard, "rb") as src:
+            for t in stored_tensors:
+                users = [i for i, tv in enumerate(task_vectors) if t.name in tv.names]
+                if not users or t.start == t.end:
+                    kept, hashes[t.name] = tensors.put_copy(src, t, base_hashes.get(t.name))
+                else:
+                    stored, drift[t.name] = _merge_tensor(
+                        shard, t, [task_vectors[i].delta(t.name) for i in users],
+                        [weights[i] for i in users], [densities[i] for i in users],
+                        lam, normalize, int8_mask,
+                    )
+                    hashes[t.name] = hashlib.sha256(stored.view(np.uint8)).hexdigest()
+                    kept = tensors.put(t.name, t.dtype, t.shape, stored, hashes[t.name])
+                where[t.name] = shard_name(len(where) + 1)
+                os.link(kept, out_dir / where[t.name])
+                total += t.end - t.start
+    index = {"metadata": {"total_size": total}, "weight_map": where}  # as Hugging Face shards are indexed
+    (out_dir / f"model{INDEX_SUFFIX}").write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
     return MergeSeal(hashes, root_hash(hashes), drift)
 
 

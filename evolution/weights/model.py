@@ -324,8 +324,9 @@ def load_weights(path: Path | str | None = None) -> nn.Module:
         try:
             model, _ = load_model(_checked(folder))
         except Exception as e:  # mlx and mlx_lm raise many kinds for a damaged weights file
+            weights = folder / "model.safetensors" if (folder / "model.safetensors").exists() else folder / "model-*.safetensors"
             raise ModelError(
-                f"{folder / 'model.safetensors'} does not load as config.json describes "
+                f"{weights} does not load as config.json describes "
                 f"({type(e).__name__}: {one_line(e)})"
             ) from None
     return model
@@ -351,7 +352,9 @@ def _checked(folder: Path) -> Path:
     # Checked here: mlx_lm.load takes a path that does not exist for a Hugging Face repo to download.
     if not folder.is_dir():
         raise ModelError(f"no model directory at {folder}")
-    missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
+    sharded = any(folder.glob("model-*.safetensors"))  # a generation's tensors, one file each, or shards
+    missing = [name for name in MODEL_FILES if not (folder / name).is_file()
+               and not (sharded and name == "model.safetensors")]
     if missing:
         raise ModelError(f"{folder / missing[0]} is missing")
     _check_json(folder / "config.json")

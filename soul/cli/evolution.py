@@ -15,6 +15,7 @@ from evolution.lineage import Generation, LineageError, chain, find, lineage, ru
 from evolution.merge_config import MergeConfigError
 from evolution.plot import lineage_svg, sealed
 from evolution.store import GenerationStore, StoreError
+from evolution.weights.tensors import pack
 from journal.embedded import soul_home
 from journal.event import NO_EMBEDDER, BifocalEvent
 from journal.journal import Entry, Journal
@@ -271,7 +272,8 @@ def replay(ctx: click.Context, to: str, from_scratch: bool, model: str | None, a
 def export(ctx: click.Context, generation: str, folder: str) -> None:
     """Write generation gen-N as an MLX model folder FOLDER that `mlx_lm.load` opens.
 
-    Its tensors are hashed against the seal before they are copied.
+    Its tensors are hashed against the seal before they are copied, into one model.safetensors
+    (shards of at most 5 GB with an index, for a larger model).
     """
     journal = open_journal(ctx)
     out = Path(folder)
@@ -286,7 +288,11 @@ def export(ctx: click.Context, generation: str, folder: str) -> None:
         raise click.ClickException(str(e)) from None
     partial = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
-        shutil.copytree(source, partial)
+        partial.mkdir()
+        for path in source.iterdir():  # the store's one file per tensor, packed as a model is usually laid out
+            if path.is_file() and path.suffix != ".safetensors" and not path.name.endswith(".safetensors.index.json"):
+                shutil.copyfile(path, partial / path.name)
+        pack(source, partial)
         if out.exists():
             out.rmdir()  # empty, checked above
         partial.rename(out)

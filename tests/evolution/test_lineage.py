@@ -87,7 +87,11 @@ def test_a_generation_beyond_the_guard_is_rejected_and_the_previous_stays(
     assert [(g.name, g.status) for g in lineage(journal)] == [("gen-1", "promoted"), ("gen-2", "rejected")]
     rejected = [e for e in _lineage_events(journal) if e.type == "generation_rejected"]
     assert len(rejected) == 1 and "max_drift" in rejected[0].data["why"]
-    assert GenerationStore(soul_home, app).weights(outcome.root_sha256) is None  # its weights are gone
+    store = GenerationStore(soul_home, app)
+    assert store.weights(outcome.root_sha256) is None  # its weights are gone, and the tensors only it held
+    gen1 = store.active()[1]
+    assert {p.stat().st_ino for p in store.tensors.root.glob("*.safetensors")} == \
+        {p.stat().st_ino for p in gen1.glob("model-*.safetensors")}  # gen-1's, each tensor once
     # a retry curates the same window again: nothing was lost to the rejection
     retry = evolve(journal, soul_home, base, CONFIG)
     assert retry.status == "promoted" and retry.generation == 2

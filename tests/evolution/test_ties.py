@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import mlx.core as mx
@@ -31,6 +32,7 @@ from evolution.merge_config import (
 )
 from evolution.ties import LoraAdapter, canonical_order, lora_delta, merge_model, ties_merge, trim_magnitude
 from evolution.weights.files import from_float32, model_hashes, root_hash
+from evolution.weights.tensors import TensorStore, pack
 from tests.support import TESTS
 
 REFERENCE = TESTS / "data" / "ties_mergekit_reference.safetensors"
@@ -375,6 +377,47 @@ def test_streaming_merge_equals_in_memory_merge_and_its_root_is_stable(tmp_path)
     for shard in sorted((tmp_path / "gen").glob("*.safetensors")):
         assert shard.read_bytes() == (tmp_path / "again" / shard.name).read_bytes()
     assert seal.root_sha256 == SMALL_MODEL_ROOT
+
+
+def test_a_merge_into_a_tensor_store_is_the_same_model_sharing_what_it_did_not_change(tmp_path) -> None:
+    base, vectors = small_model(tmp_path)
+    store, weights, densities = TensorStore(tmp_path / "tensors"), [0.5, 0.7, 1.2], [0.3, 0.5, 0.9]
+    sharded = merge_model(base, tmp_path / "sharded", vectors, weights, densities, lam=0.8)
+    linked = merge_model(base, tmp_path / "linked", vectors, weights, densities, lam=0.8, tensors=store)
+    assert linked == sharded and model_hashes(tmp_path / "linked") == linked.tensor_sha256  # the same root
+    same, before = read_model(tmp_path / "sharded"), read_model(tmp_path / "linked")
+    assert {name: bits(v) for name, v in before.items()} == {name: bits(v) for name, v in same.items()}
+    where = json.loads((tmp_path / "linked" / "model.safetensors.index.json").read_text())["weight_map"]
+    assert set(where) == set(SHAPES) and all((tmp_path / "linked" / f).is_file() for f in where.values())
+
+    def inode(folder: str, name: str) -> int:
+        return (tmp_path / folder / where[name]).stat().st_ino
+
+    # Another generation, from one task vector: what neither changes is the very same file.
+    other = merge_model(base, tmp_path / "other", vectors[:1], weights[:1], densities[:1], lam=0.8, tensors=store,
+                        base_hashes=model_hashes(base))
+    assert inode("linked", "embed.weight") == inode("other", "embed.weight")
+    assert inode("linked", "layers.1.q.weight") != inode("other", "layers.1.q.weight")  # vector 2 changed it there
+    assert inode("linked", "layers.0.q.weight") != inode("other", "layers.0.q.weight")
+    assert inode("linked", "layers.0.norm.weight") == inode("other", "layers.0.norm.weight")  # vector 1 alone, both
+    files = len(list(store.root.glob("*.safetensors")))
+    assert files == 8  # linked's 5; other's merged q and up of layer 0 and 1, and W0's layer-1 q
+
+    for limit, files_out in ((1 << 30, ["model.safetensors"]), (2000, None)):  # `soul export`'s layout
+        out = tmp_path / f"packed-{limit}"
+        out.mkdir()
+        written = pack(tmp_path / "linked", out, shard_bytes=limit)
+        assert files_out is None or written == files_out
+        assert model_hashes(out) == linked.tensor_sha256 and len(list(out.glob("*.safetensors"))) == len(written)
+    assert len(written) > 1 and (out / "model.safetensors.index.json").is_file()
+
+    shutil.rmtree(tmp_path / "linked")  # a discarded generation: what only it held goes
+    assert store.collect() == files - len(SHAPES) and len(list(store.root.glob("*.safetensors"))) == len(SHAPES)
+    assert model_hashes(tmp_path / "other") == other.tensor_sha256
+
+    with pytest.raises(ValueError, match="the base model changed on disk"):
+        merge_model(base, tmp_path / "wrong", vectors[:1], [1.0], [1.0], tensors=TensorStore(tmp_path / "fresh"),
+                    base_hashes={"embed.weight": "0" * 64})
 
 
 def test_streaming_merge_refuses_unknown_tensors_non_finite_results_and_overwrites(tmp_path) -> None:

@@ -131,7 +131,7 @@ def test_forget_then_rebuild_names_the_changed_generations(setup) -> None:
     assert all(s >= 0 for s in outcome["seconds"].values()) and outcome["seconds"]["train"] > 0
     work = outcome["training"]  # and the training's arithmetic against this machine's matmul rate
     assert work["tokens"] > 0 and work["parameters"] > 0 and 0 < work["seconds"] < outcome["seconds"]["train"]
-    assert work["matmul_gflop_per_s"] > 0 and work["of_matmul"] == round(work["gflop_per_s"] / work["matmul_gflop_per_s"], 3)
+    assert work["gflop"] > 0 and work["matmul_gflop_per_s"] > 0 and 0 < work["of_matmul"] < 1
     old = chain(lineage(journal))[0]
     seq = next(e.seq for e in journal.read() if e.event and e.event.id == thoughts[1].id)
 
