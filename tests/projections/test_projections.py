@@ -29,6 +29,7 @@ from journal.codec import encode
 from journal.event import BifocalEvent, Embedder
 from journal.journal import Entry, Journal
 from journal.subjects import journal_prefix
+from projections import postgres
 from projections.base import Projection, schema_for
 from projections.counts import EventCounts
 from projections.postgres import EmbeddedPostgres, PostgresUnavailable, connect
@@ -97,6 +98,10 @@ def test_embedded_postgres_outlives_the_command_that_started_it() -> None:
         assert server.start() == status["url"] and server.status()["pid"] == status["pid"]  # reused
         with connect(status["url"]) as c:
             assert c.execute("SELECT '[1,2,3]'::vector").fetchone()[0].to_list() == [1, 2, 3]  # pgvector registered
+            # A fresh server was restarted once into its settings (shared buffers for HNSW's pages).
+            wanted = postgres.settings()
+            assert dict(c.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", [list(wanted)]).fetchall()) == wanted
+            assert int(wanted["shared_buffers"]) >= 128 * 128  # never below Postgres' default 128 MB (8 kB pages)
         assert server.stop() is True
         assert server.status()["running"] is False and server.stop() is False
     finally:
