@@ -57,7 +57,7 @@ def test_memory_quick_rebuilds_and_searches_the_memory_projection() -> None:
     assert hybrid["recall"] > 0.5  # the search finds what exact search finds, even unjudged
     assert next(r for r in results if r["mode"] == "hybrid --corpus")["short_or_foreign"] == 0
     live = report["live"]  # applied into the finished table, against raw COPY into the same indexes
-    assert live["events"] == report["config"]["live"] and live["events_per_s"] > 0 and live["raw_rows_per_s"] > 0
+    assert live["events"] >= report["config"]["live"] and live["events_per_s"] > 0 and live["raw_rows_per_s"] > 0
     assert live["ratio"] > 0 and live["target_per_s"] == 1000
     assert [name for name, *_ in report["verdicts"]] == ["rebuild: raw / rebuild time", "hybrid p50 ms",
                                                          "hybrid p99 ms", "hybrid recall@10"]
