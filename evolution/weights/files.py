@@ -97,13 +97,14 @@ def model_hashes_of(shard: Path) -> dict[str, str]:
 
 
 def remembered_hashes(model_dir: str | Path, cache: Path) -> dict[str, str]:
-    """`model_hashes`, each shard's kept in `cache` under its path, size, inode and change time,
+    """`model_hashes`, each shard's kept in `cache` under its path, size, inode and mtime (not
+    ctime: a generation's hard link to a tensor changes it),
     so a model of hundreds of GB is hashed once, not at every start (0.9 GB/s here). To name a
     model only: whatever must prove its bytes (a seal's check, a replay) hashes again."""
     hashes: dict[str, str] = {}
     for shard in sorted(Path(model_dir).glob("*.safetensors")):
         stat = shard.stat()
-        key = [str(shard.resolve()), stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns]
+        key = [str(shard.resolve()), stat.st_size, stat.st_ino, stat.st_mtime_ns]
         kept = cache / f"{hashlib.sha256(key[0].encode()).hexdigest()[:32]}.json"
         try:
             entry = json.loads(kept.read_text())

@@ -44,10 +44,13 @@ def pack(folder: Path, out: Path, shard_bytes: int = SHARD_BYTES) -> list[str]:
     index, as a model is usually laid out (what `soul export` writes). The files written."""
     tensors = [(shard, t) for shard in sorted(Path(folder).glob("*.safetensors")) for t in read_layout(shard)[1]]
     groups: list[list[tuple[Path, StoredTensor]]] = [[]]
+    size = 0
     for shard, t in tensors:
-        if groups[-1] and sum(u.end - u.start for _, u in groups[-1]) + t.end - t.start > shard_bytes:
+        if groups[-1] and size + t.end - t.start > shard_bytes:
             groups.append([])
+            size = 0
         groups[-1].append((shard, t))
+        size += t.end - t.start
     names = (["model.safetensors"] if len(groups) == 1 else
              [f"model-{i:05d}-of-{len(groups):05d}.safetensors" for i in range(1, len(groups) + 1)])
     for name, group in zip(names, groups):
