@@ -31,6 +31,7 @@ CATALOGUE: dict[str, int] = {
     "corpus_mounted": 1,
     "corpus_unmounted": 1,
     "corpus_removed": 1,  # the corpus and all its chunks leave the views
+    "corpus_added": 1,  # data: root, the folder the corpus's files are read from (journaled when it changes)
     "lesson": 1,  # data: moment, sources (moment, perception), rule, pairs of (cue, answer): rows a generation learns
     "curation_sealed": 1,
     "adapter_trained": 1,
@@ -38,6 +39,9 @@ CATALOGUE: dict[str, int] = {
     "generation_rejected": 1,
     "generation_promoted": 1,  # data: generation, epoch, root hash: the soul now runs on it
     "redaction": 1,  # data: the event id that must leave projections and generations
+    "task_started": 1,  # prose: the goal; data: task, conversation, max_steps, max_seconds, corpus, db, tools, by
+    "task_cancelled": 1,  # data: task, by: asked to stop; the worker ends it between two steps
+    "task_finished": 1,  # prose: the outcome; data: task, status (done | out_of_budget | cancelled | failed), steps
     "packet_received": 1,  # data: packet id, sender; its own originator makes a redelivered packet journal once
 }
 

@@ -181,7 +181,8 @@ def main() -> None:
               f"list/read/hash/chunk {i['other_seconds']} s; skipped {i['skipped']}")
         verdict = {True: "pass", False: "MISS", None: "not judged (--quick)"}[result["pass"]]
         print(f"embedding ({e['forward']}): {i['embed_gflop']} GFLOP of real tokens at {e['gflops']} GFLOP/s; "
-              f"matmul {e['matmul_gflops']} GFLOP/s (median of {e['matmul_samples']}); "
+              f"matmul {e['matmul_gflops']} GFLOP/s (median of {len(e['matmul_samples'])} samples, "
+              f"{min(e['matmul_samples'])}-{max(e['matmul_samples'])}); "
               f"ratio {e['ratio']} (target >= {TARGET}): {verdict}")
         print(f"re-ingest, nothing changed: {r['files']} files in {r['seconds']} s ({r['files_per_s']} files/s), "
               f"{r['events']} events journaled")

@@ -60,6 +60,7 @@ class Tool:
     description: str
     parameters: dict[str, Any]  # JSON schema of the arguments object
     run: Callable[[ToolHost, dict[str, Any]], str]
+    read_only: bool = False  # changes nothing outside the journal's record of the call: safe to run again
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI-style function description chat templates render for tool-calling models."""
@@ -151,7 +152,7 @@ def write_notebook(soul: ToolHost, arguments: dict[str, Any]) -> str:
 
 for _tool in (
     Tool("recall", "Search memory (what was perceived, thought, and the mounted corpus) by meaning and words.",
-         text_parameter("query", "what to recall"), recall),
+         text_parameter("query", "what to recall"), recall, read_only=True),
     Tool("mount", "Mount a corpus: the one the context window retrieves from.",
          text_parameter("corpus", "the corpus name"), mount),
     Tool("unmount", "Unmount the mounted corpus.", {"type": "object", "properties": {}}, unmount),
