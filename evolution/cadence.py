@@ -13,14 +13,14 @@ from evolution.lineage import last_event
 from journal.journal import Journal
 
 DEFAULT_EVERY = timedelta(days=7)
-UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def parse_every(text: str) -> timedelta:
-    """A period written as a number and a unit: 30m, 12h, 7d, 1w."""
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([mhdw])\s*", text)
+    """A period written as a number and a unit: 90s, 30m, 12h, 7d, 1w."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw])\s*", text)
     if match is None or float(match.group(1)) <= 0:
-        raise ValueError(f"{text!r} is not a period; write a positive number and a unit: 30m, 12h, 7d or 1w")
+        raise ValueError(f"{text!r} is not a period; write a positive number and a unit: 90s, 30m, 12h, 7d or 1w")
     return timedelta(**{UNITS[match.group(2)]: float(match.group(1))})
 
 

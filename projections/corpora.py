@@ -3,7 +3,10 @@ corpus is mounted (design §4). `soul corpus add` reads it to re-ingest incremen
 corpus list` to show the corpora; the chunks themselves live in memory (memory.py).
 
 One table, keyed (corpus, path): a row with path '' stands for the corpus itself and holds
-`mounted`; the other rows are its files. Events, in journal order:
+`mounted` and `root`; the other rows are its files. Events, in journal order:
+
+- corpus_added (data: root): the corpus row exists and holds the folder its files are read
+  from (the navigation tools read them there, soul/agent/navigate.py).
 
 - chunk_ingested (data: path, sha256, chunks = the file's chunk count): the corpus row exists;
   the file row takes the chunk's id, starting over when the hash differs from the one it holds.
@@ -31,25 +34,28 @@ from journal.journal import Entry
 from projections.base import Projection
 
 _CHUNK = """
-INSERT INTO {t} AS f VALUES (%(corpus)s, %(path)s, %(sha256)s, %(chunks)s, ARRAY[%(id)s::uuid], false, %(seq)s)
+INSERT INTO {t} AS f VALUES (%(corpus)s, %(path)s, %(sha256)s, %(chunks)s, ARRAY[%(id)s::uuid], false, %(seq)s, NULL)
 ON CONFLICT (corpus, path) DO UPDATE SET
     chunk_ids = CASE WHEN f.sha256 = excluded.sha256 THEN f.chunk_ids || excluded.chunk_ids ELSE excluded.chunk_ids END,
     sha256 = excluded.sha256, chunks = excluded.chunks, seq = excluded.seq
 WHERE f.seq < excluded.seq"""
 _CORPUS = """
-INSERT INTO {t} AS f VALUES (%(corpus)s, '', NULL, 0, '{{}}', false, %(seq)s)
+INSERT INTO {t} AS f VALUES (%(corpus)s, '', NULL, 0, '{{}}', false, %(seq)s, NULL)
 ON CONFLICT (corpus, path) DO UPDATE SET seq = excluded.seq WHERE f.seq < excluded.seq"""
+_ROOT = """
+INSERT INTO {t} AS f VALUES (%(corpus)s, '', NULL, 0, '{{}}', false, %(seq)s, %(root)s)
+ON CONFLICT (corpus, path) DO UPDATE SET root = excluded.root, seq = excluded.seq WHERE f.seq < excluded.seq"""
 
 
 class Corpora(Projection):
     name = "corpora"
-    version = 1
-    types = ("chunk_ingested", "document_removed", "corpus_mounted", "corpus_unmounted", "corpus_removed")
+    version = 2
+    types = ("corpus_added", "chunk_ingested", "document_removed", "corpus_mounted", "corpus_unmounted", "corpus_removed")
 
     def create(self, cur: psycopg.Cursor[Any], table: sql.Identifier) -> None:
         cur.execute(sql.SQL(
             "CREATE TABLE {} (corpus text NOT NULL, path text NOT NULL, sha256 text, chunks int NOT NULL,"
-            " chunk_ids uuid[] NOT NULL, mounted boolean NOT NULL, seq bigint NOT NULL, PRIMARY KEY (corpus, path))"
+            " chunk_ids uuid[] NOT NULL, mounted boolean NOT NULL, seq bigint NOT NULL, root text, PRIMARY KEY (corpus, path))"
         ).format(table))
 
     def apply(self, cur: psycopg.Cursor[Any], table: sql.Identifier, entries: Sequence[Entry]) -> None:
@@ -72,7 +78,10 @@ class Corpora(Projection):
                                "chunks": int(data.get("chunks", 0)), "id": event.id, "seq": e.seq})
                 continue
             flush()
-            if e.topic == "document_removed":
+            if e.topic == "corpus_added":
+                cur.execute(sql.SQL(_ROOT).format(t=table), {"corpus": corpus, "seq": e.seq,
+                                                             "root": str(data.get("root") or "") or None})
+            elif e.topic == "document_removed":
                 cur.execute(sql.SQL("DELETE FROM {} WHERE corpus = %s AND path = %s AND path <> '' AND seq < %s")
                             .format(table), [corpus, data.get("path"), e.seq])
             elif e.topic == "corpus_mounted":  # only a corpus the view knows can be mounted
@@ -109,10 +118,17 @@ def listing(conn: psycopg.Connection[Any], app: str) -> list[dict[str, Any]]:
     """Each corpus with its file and chunk counts and whether it is mounted, by name."""
     rows = conn.execute(sql.SQL(
         "SELECT corpus, bool_or(mounted), count(*) FILTER (WHERE path <> ''),"
-        " coalesce(sum(cardinality(chunk_ids)), 0) FROM {} GROUP BY corpus ORDER BY corpus"
+        " coalesce(sum(cardinality(chunk_ids)), 0), max(root) FROM {} GROUP BY corpus ORDER BY corpus"
     ).format(Corpora.view(app))).fetchall()
-    return [{"name": name, "mounted": mounted, "files": files, "chunks": int(chunks)}
-            for name, mounted, files, chunks in rows]
+    return [{"name": name, "mounted": mounted, "files": files, "chunks": int(chunks), "root": root}
+            for name, mounted, files, chunks, root in rows]
+
+
+def root(conn: psycopg.Connection[Any], app: str, corpus: str) -> str | None:
+    """The folder corpus `corpus` was last added from (None: unknown, or added before roots were journaled)."""
+    row = conn.execute(sql.SQL("SELECT root FROM {} WHERE corpus = %s AND path = ''").format(Corpora.view(app)),
+                       [corpus]).fetchone()
+    return row[0] if row else None
 
 
 def mounted(conn: psycopg.Connection[Any], app: str) -> str | None:

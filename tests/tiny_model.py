@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.models.llama import Model, ModelArgs
 from tokenizers import pre_tokenizers
@@ -131,3 +132,48 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     }
     mx.save_gguf(str(path), tensors, metadata)
     return path
+
+
+def build_scripted_model(folder: Path, script: list[tuple[str, str]], default: str) -> Path:
+    """A tiny model with tool calling whose every reply is chosen by the newest message: the
+    first `(trigger, reply)` of `script` whose trigger the last message holds, else `default`.
+
+    The chat template ends its generation prompt with a marker token per reply, picked by those
+    triggers; each reply is one token of the vocabulary, and the model maps marker -> reply ->
+    <|im_end|>: its layers add nothing (zero attention and MLP output projections), so the next
+    token depends on the current one alone. The template names <tool_call> and tool_call.name,
+    as those of models with json tool calls do, so mlx_lm parses the replies' calls."""
+    folder.mkdir(parents=True, exist_ok=True)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    replies = [reply for _, reply in script] + [default]
+    markers = [f"<|reply{i}|>" for i in range(len(replies))]
+    pieces = [byte_level.pre_tokenize_str(r)[0][0] for r in replies]
+    special = SPECIAL + markers
+    tokens = special + sorted(pre_tokenizers.ByteLevel.alphabet()) + ["<tool_call>", "</tool_call>"]
+    tokens += [p for p in dict.fromkeys(pieces) if p not in tokens]
+    config = {**tiny_config(len(tokens)), "tie_word_embeddings": False, "max_position_embeddings": 4096}
+    weights = tiny_weights(config, seed=7)
+    for name in weights:
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            weights[name] = mx.zeros_like(weights[name])
+    embed, head = np.array(weights["model.embed_tokens.weight"]), np.array(weights["lm_head.weight"])
+    size, end = config["hidden_size"], SPECIAL.index("<|im_end|>")
+    links = [(tokens.index(m), tokens.index(p)) for m, p in zip(markers, pieces)]
+    links += [(tokens.index(p), end) for p in dict.fromkeys(pieces)]
+    assert len(links) <= size, "more replies than the hidden size can tell apart"
+    for i, (current, following) in enumerate(links):
+        embed[current] = np.eye(size)[i]
+        head[following] += 10 * np.eye(size)[i]
+    weights["model.embed_tokens.weight"], weights["lm_head.weight"] = mx.array(embed), mx.array(head)
+    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
+    write_config(folder, config)
+    choose = "".join(f"{'{% if' if i == 0 else '{% elif'} {trigger!r} in last %}}{markers[i]}"
+                     for i, (trigger, _) in enumerate(script))
+    choose = (choose + f"{{% else %}}{markers[-1]}{{% endif %}}") if script else markers[-1]
+    template = CHAT_TEMPLATE.replace(
+        "{{ '<|im_start|>assistant\n' }}",
+        "{{ '<|im_start|>assistant\n' }}{% set last = messages[-1]['content'] %}" + choose,
+    ) + "{# <tool_call> tool_call.name #}"
+    write_tokenizer(folder, byte_level_bpe(tokens, [], special), template, bos="<|im_start|>", eos="<|im_end|>",
+                    pad="<|im_end|>", unk="<|endoftext|>", max_length=config["max_position_embeddings"])
+    return folder

@@ -103,7 +103,7 @@ def ingest(journal: Journal, runner: ProjectionRunner, embedder: Any, tree: Path
     runner.catch_up()
     app = journal.app
     paths = list_files(tree)
-    job = Ingest(journal, embedder, "bench", corpora.files(runner.conn, app, "bench"))
+    job = Ingest(journal, embedder, "bench", corpora.files(runner.conn, app, "bench"), corpora.root(runner.conn, app, "bench"))
     flops = embedder.flops
     progress = Progress(min(max_files, len(paths)), job, samples) if samples is not None else None
     report = job.run(tree, paths[:max_files], complete=max_files >= len(paths), progress=progress)

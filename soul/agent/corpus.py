@@ -165,8 +165,10 @@ class Report:
 class Ingest:
     """One run of `soul corpus add NAME PATH` against what the corpora view knows of NAME."""
 
-    def __init__(self, journal: Journal, embedder: Any, name: str, known: dict[str, FileState]):
+    def __init__(self, journal: Journal, embedder: Any, name: str, known: dict[str, FileState],
+                 known_root: str | None = None):
         self.journal, self.embedder, self.name, self.known = journal, embedder, check_name(name), known
+        self.known_root = known_root  # the folder the view holds for the corpus
         self.origin = originator(name)
         self.report = Report()
         self._chunks: list[tuple[Chunk, dict[str, Any]]] = []  # awaiting embedding, in order
@@ -185,6 +187,10 @@ class Ingest:
         if paths and not (self.report.ingested or self.report.unchanged):  # nothing journaled yet: see _file
             skipped = ", ".join(f"{n} {why}" for why, n in sorted(self.report.skipped.items()))
             raise CorpusError(f"no text file under {root}: of {len(paths)} files, {skipped}")
+        where = str(root.resolve())
+        if where != self.known_root:  # where the navigation tools read its files
+            self._events.append(BifocalEvent("corpus_added", f"corpus {self.name} reads {where}", [], NO_EMBEDDER,
+                                             corpus=self.name, data={"root": where}))
         if complete:
             for path in sorted(set(self.known) - set(paths)):
                 self._tombstone(path)

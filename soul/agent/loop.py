@@ -34,7 +34,7 @@ import functools
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,11 +53,13 @@ from projections.postgres import pg_url
 from projections.resonance import combine
 from projections.runner import ProjectionRunner
 from projections.search import Hit, search
+from projections.tasks import Tasks
 from projections.turns import Turns, last_thought, latest_pinned, newest_first, unanswered
 from soul.agent.context import SUMMARY_TOKENS, Context, assemble, by_heart, parse_turn, summarise
 from soul.agent.judges import SELF_QUESTION, RatingError, judgement, self_judgement, similarity_judgement
 from soul.agent.judges import rate as rate_event
 from soul.agent.tools import TOOLS, Tool, ToolError
+from soul.agent import databases, navigate  # noqa: F401  (they register their tools)
 
 if TYPE_CHECKING:
     from soul.agent.mind import Generation, Mind
@@ -123,8 +125,17 @@ def help_line() -> str:
     return "commands: " + ", ".join([*map(usage, TOOLS.values()), "/rate SCORE [EVENT]", "/help"])
 
 
-def messages_of(context: Context, self_default: str) -> list[dict[str, str]]:
-    """The chat messages the mind reads for `context`: see the module's docstring."""
+@dataclass(frozen=True)
+class Brief:
+    """What a window for work on a task adds (soul/agent/tasks.py): a section of the system
+    message, and the user's words that open a step when no turn of the task is the newest."""
+
+    section: str
+    opening: str
+
+
+def messages_of(context: Context, self_default: str, brief: Brief | None = None) -> list[dict[str, str]]:
+    """The chat messages the mind reads for `context` (and `brief`): see the module's docstring."""
     system, recalled, turns = [], [], []
     for block in context.blocks:
         if block.kind in ("self", "notebook", "summary"):
@@ -139,6 +150,10 @@ def messages_of(context: Context, self_default: str) -> list[dict[str, str]]:
                 turns.append({"role": "user", "content": prose if kind == "perception" else f"(tool result) {prose}"})
     if not any(b.kind == "self" for b in context.blocks):  # as the pinned block renders it
         system.insert(0, f"# Self\n{self_default}")
+    if brief is not None:
+        system.append(brief.section.strip())
+        if not turns or turns[-1]["role"] != "user":
+            turns.append({"role": "user", "content": brief.opening})
     if recalled and turns and turns[-1]["role"] == "user":
         turns[-1] = {"role": "user", "content": "\n".join([RECALLED, *recalled, "", turns[-1]["content"]])}
     return [{"role": "system", "content": "\n\n".join(system)}, *turns]
@@ -150,7 +165,7 @@ class Soul:
         self.app, self.journal, self.mind, self.embedder = app, journal, mind, embedder
         self.config, self.generation, self.as_of = config, generation, as_of
         self.conversation = DEFAULT_CONVERSATION
-        self.runners = {p.name: ProjectionRunner(journal, p, url) for p in (Turns(), Memory(), Corpora())}
+        self.runners = {p.name: ProjectionRunner(journal, p, url) for p in (Turns(), Memory(), Corpora(), Tasks())}
         self.conn = self.runners[Turns.name].conn  # reads go through one of the runners' connections
         # A reply takes at most a quarter of the model's context; the window leaves room for it
         # and for the self judge's question.
@@ -277,16 +292,10 @@ class Soul:
         for _ in range(self.config.tool_rounds + 1):
             context, messages = self.window(conversation, event.vector, memory=memory,
                                             reserve=sampling["max_tokens"] + self.question_tokens)
-            generation = self.mind.generate(messages, max_tokens=sampling["max_tokens"], on_token=on_token,
-                                            tools=self.tool_schemas(memory), temperature=sampling["temperature"])
-            thought_seq, thought = self.journal.add(BifocalEvent(
-                "thought", generation.text, self.embedder.embed([generation.text])[0], self.embedder.id, conversation,
-                causation_id=cause.id, correlation_id=event.correlation_id or event.id,
-                data={"model": self.mind.model_id, "generation": self.generation, "fingerprint": context.fingerprint,
-                      "prompt_tokens": generation.prompt_tokens, "reused_tokens": generation.reused_tokens,
-                      "generated_tokens": generation.generated_tokens, "first_token_s": round(generation.first_token_s, 4),
-                      "tokens_per_s": round(generation.tokens_per_s, 2), "finish": generation.finish_reason,
-                      "sampling": sampling, **({} if memory else {"window": "no-memory"})}))
+            thought_seq, thought, generation = self.think(
+                conversation, context, messages, sampling, cause=cause, on_token=on_token,
+                tools=self.tool_schemas(memory), correlation=event.correlation_id or event.id,
+                data={} if memory else {"window": "no-memory"})
             calls = self.mind.tool_calls(generation.text) if memory else []
             if not calls:
                 break
@@ -298,13 +307,34 @@ class Soul:
         return TurnResult(conversation, perception.seq, thought_seq, generation.text, tuple(tool_seqs),
                           combine(judges), judges, generation)
 
+    def think(self, conversation: str, context: Context, messages: list[dict[str, str]], sampling: dict[str, Any], *,
+              cause: BifocalEvent, on_token: Callable[[str], None] | None = None,
+              tools: list[dict[str, Any]] | None = None, correlation: Any = None,
+              data: dict[str, Any] | None = None) -> tuple[int, BifocalEvent, Generation]:
+        """Generate a reply to `messages` (the window `context`) and journal it as a thought caused
+        by `cause`, its data saying how it was made (and `data`); its seq, event and generation."""
+        generation = self.mind.generate(messages, max_tokens=sampling["max_tokens"], on_token=on_token,
+                                        tools=tools, temperature=sampling["temperature"])
+        seq, thought = self.journal.add(BifocalEvent(
+            "thought", generation.text, self.embedder.embed([generation.text])[0], self.embedder.id, conversation,
+            causation_id=cause.id, correlation_id=correlation,
+            data={"model": self.mind.model_id, "generation": self.generation, "fingerprint": context.fingerprint,
+                  "prompt_tokens": generation.prompt_tokens, "reused_tokens": generation.reused_tokens,
+                  "generated_tokens": generation.generated_tokens, "first_token_s": round(generation.first_token_s, 4),
+                  "tokens_per_s": round(generation.tokens_per_s, 2), "finish": generation.finish_reason,
+                  "sampling": sampling, **(data or {})}))
+        return seq, thought, generation
+
     def window(self, conversation: str, vector: np.ndarray | None, *, memory: bool = True,
-               read_only: bool = False, reserve: int | None = None) -> tuple[Context, list[dict[str, str]]]:
+               read_only: bool = False, reserve: int | None = None, brief: Brief | None = None,
+               tools: list[dict[str, Any]] | None = None) -> tuple[Context, list[dict[str, str]]]:
         """The context window and its messages, within the budget and the model's context less
         `reserve` tokens (default: the soul's reply and the self judge's question); `vector` is the
         newest turn's, for the retrievals. Without `memory`: the self-definition and the newest
         turn alone (context.by_heart). `read_only` journals no summary of the turns that no longer
-        fit (they stay in `Context.evictions`): a look, as `soul window`."""
+        fit (they stay in `Context.evictions`): a look, as `soul window`. `brief` adds a task's
+        section (see Brief); `tools` are the schemas the mind is shown, default tool_schemas(memory)."""
+        tools = self.tool_schemas(memory) if tools is None else tools
         reserve = self.reserve if reserve is None else reserve
         self.catch_up()
         context = self._assemble(conversation, vector, self.budget, memory)
@@ -323,8 +353,8 @@ class Soul:
         # The chat template's markup is not in the window's count: shrink until the prompt fits.
         budget = self.budget
         while True:
-            messages = messages_of(context, DEFAULT_SELF)
-            over = len(self.mind.encode(messages, self.tool_schemas(memory))) + reserve - self.mind.max_context
+            messages = messages_of(context, DEFAULT_SELF, brief)
+            over = len(self.mind.encode(messages, tools)) + reserve - self.mind.max_context
             if over <= 0:
                 return context, messages
             budget -= over
@@ -370,21 +400,36 @@ class Soul:
 
     # -- tools and commands ----------------------------------------------------------------
 
-    def tool_schemas(self, memory: bool = True) -> list[dict[str, Any]] | None:
-        """The tools' schemas for a model with tool calling; none for a turn without memory."""
-        return [t.schema() for t in TOOLS.values()] if memory and self.mind.tokenizer.has_tool_calling else None
+    def tool_schemas(self, memory: bool = True, names: Iterable[str] | None = None) -> list[dict[str, Any]] | None:
+        """The tools' schemas (those `names`, default all) for a model with tool calling; none for a
+        turn without memory."""
+        if not memory or not self.mind.tokenizer.has_tool_calling:
+            return None
+        return [t.schema() for t in TOOLS.values() if names is None or t.name in names]
 
     def call_tool(self, name: str, arguments: dict[str, Any], conversation: str | None = None, *,
-                  cause: BifocalEvent | None = None) -> ToolOutcome:
-        """Run tool `name`, journaling the call and its result; an error or a timeout is a result too."""
+                  cause: BifocalEvent | None = None, data: dict[str, Any] | None = None,
+                  refused: str | None = None) -> ToolOutcome:
+        """Run tool `name`, journaling the call and its result; an error or a timeout is a result
+        too. `data` joins both events' data (a task's id); a call `refused` (why) is journaled
+        with that error as its result and not run."""
         conversation = conversation or self.conversation
         prose = f"{name} {json.dumps(arguments, ensure_ascii=False)}" if arguments else name
         call_seq, call = self.journal.add(BifocalEvent(
             "tool_call", prose, self.embedder.embed([prose])[0], self.embedder.id, conversation,
-            causation_id=cause.id if cause else None, data={"tool": name, "arguments": arguments}))
+            causation_id=cause.id if cause else None, data={"tool": name, "arguments": arguments, **(data or {})}))
+        return self.result_of(Entry(call_seq, call.originator_id, call.type, 0, call), refused=refused, data=data)
+
+    def result_of(self, call: Entry, *, refused: str | None = None, data: dict[str, Any] | None = None) -> ToolOutcome:
+        """Run the journaled tool call `call` (unless `refused`) and journal its result, caused by it."""
+        event = call.event
+        assert event is not None
+        name, arguments = str(event.data.get("tool", "")), dict(event.data.get("arguments") or {})
         start = time.perf_counter()
         tool = TOOLS.get(name)
-        if not name:
+        if refused is not None:
+            ok, text = False, refused
+        elif not name:
             ok, text = False, f"could not parse the tool call {arguments.get('text', '')!r}"
         elif tool is None:
             ok, text = False, f"no tool named {name!r}; tools: {', '.join(TOOLS)}"
@@ -395,10 +440,11 @@ class Soul:
         if len(text) > RESULT_CHARS:
             text = text[: RESULT_CHARS - 1] + "…"
         result_seq, _ = self.journal.add(BifocalEvent(
-            "tool_result", text, self.embedder.embed([text])[0], self.embedder.id, conversation, causation_id=call.id,
+            "tool_result", text, self.embedder.embed([text])[0], self.embedder.id, str(event.originator_id),
+            causation_id=event.id,
             data={"tool": name, "outcome": "ok" if ok else "error", "duration_s": duration,
-                  **({"redacted": redacted} if redacted else {})}))
-        return ToolOutcome(call_seq, result_seq, text, ok)
+                  **({"redacted": redacted} if redacted else {}), **(data or {})}))
+        return ToolOutcome(call.seq, result_seq, text, ok)
 
     def _run(self, run: Callable[[Soul, dict[str, Any]], str], arguments: dict[str, Any]) -> tuple[bool, str]:
         """(ok, text) of `run`, in a thread given up after tool_timeout seconds (a thread cannot

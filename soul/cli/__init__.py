@@ -21,6 +21,7 @@ from journal.event import EventError
 from projections.postgres import OperationalError
 from soul.cli.backup import backup, restore
 from soul.cli.daemon import daemon, message
+from soul.cli.db import db
 from soul.cli.doctor import doctor
 from soul.cli.evolution import evolve, export, forget, generations, replay
 from soul.cli.journal import journal, perceive, tail
@@ -28,6 +29,7 @@ from soul.cli.mcp import mcp
 from soul.cli.memory import corpus, projections, search
 from soul.cli.mind import chat, rate, run, say, window
 from soul.cli.services import services
+from soul.cli.task import task, tasks_command
 
 USER_ERRORS = (PersistenceError, EventError, ServiceError, OSError)
 
@@ -84,6 +86,6 @@ def main(ctx: click.Context, nats_url: str | None, home: str | None, app: str) -
 
 
 for command in (run, perceive, tail, journal, search, corpus, projections, say, chat, rate, window, daemon, message,
-                mcp, evolve, generations, replay, export, forget, backup, restore, doctor, services):
+                mcp, evolve, generations, replay, export, forget, backup, restore, doctor, services, task, tasks_command, db):
     main.add_command(command)
 

@@ -161,7 +161,8 @@ def add(ctx: click.Context, name: str, path: Path, max_files: int | None, as_jso
         raise click.ClickException(no_files(path))
     with _corpora(ctx) as (journal, runner):
         check_name(name)
-        ingest = Ingest(journal, default_embedder(), name, corpora.files(runner.conn, app_of(ctx), name))
+        ingest = Ingest(journal, default_embedder(), name, corpora.files(runner.conn, app_of(ctx), name),
+                        corpora.root(runner.conn, app_of(ctx), name))
         with progressbar(len(paths[:max_files]), f"ingesting {name}", "files") as bar:
             report = ingest.run(path, paths[:max_files], complete=max_files is None or max_files >= len(paths),
                                 progress=bar.update)
@@ -177,7 +178,7 @@ def add(ctx: click.Context, name: str, path: Path, max_files: int | None, as_jso
 @json_option("One JSON object per corpus.")
 @click.pass_context
 def list_command(ctx: click.Context, as_json: bool) -> None:
-    """The corpora: name, files, chunks; `*` marks the mounted one."""
+    """The corpora: name, files, chunks, the folder it was added from; `*` marks the mounted one."""
     with _corpora(ctx) as (_, runner):
         rows = corpora.listing(runner.conn, app_of(ctx))
     for row in rows:
@@ -187,7 +188,7 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
 
 
 def format_row(row: dict[str, Any]) -> str:
-    return f"{'*' if row['mounted'] else ' '} {row['name']:<24} {row['files']:>7} files {row['chunks']:>9} chunks"
+    return f"{'*' if row['mounted'] else ' '} {row['name']:<24} {row['files']:>7} files {row['chunks']:>9} chunks  {row['root'] or '(folder unknown)'}"
 
 
 @corpus.command()

@@ -17,7 +17,10 @@
   server for the daemon's life, reused across turns and closed when it stops.
 - **HTTP** (opt-in, soul/doors/http.py): an OpenAI-compatible API served by uvicorn on a thread
   of its own; its chat completions join the same queue as NATS turns, for the main thread.
-- **Evolution** (opt-in): when idle, it runs the evolution cadence it was given (a weekly
+- **Tasks**: when no turn waits, it takes one step of the open task left longest
+  (soul/agent/tasks.py), so a user's turn goes first between two steps. A step that fails is
+  tried again after a pause; after TASK_FAILURES in a row the task finishes as failed.
+- **Evolution** (opt-in): when idle and no task is open, it runs the evolution cadence it was given (a weekly
   `soul evolve`, evolution/cadence.py); turns that come meanwhile wait for it.
 - **State**: none of its own. On start it answers the perceptions a crash left unanswered; on
   SIGTERM or SIGINT it abandons the turn in progress before its thought is journaled (the
@@ -63,6 +66,9 @@ PART = "Soul-Part"  # header naming what a reply message is: accepted | token | 
 ACCEPT_TIMEOUT = 10.0  # seconds a client waits for a running daemon to take its request
 INBOX_POLL = 1.0  # seconds the inbox thread waits for a packet before looking at the stop flag
 EVOLVE_CHECK = 60.0  # seconds between two looks at the evolution cadence
+TASK_CHECK = 1.0  # seconds between two looks for open tasks while there are none
+TASK_FAILURES = 3  # failed steps in a row that end a task as failed
+TASK_PAUSE = 5.0  # seconds before a failed step is tried again, doubled with each failure
 COMMAND = "soul daemon"  # in a daemon's command line: how a lock without a start time (an older one) is verified
 
 
@@ -160,6 +166,8 @@ class Daemon:
         self.lock = DaemonLock(home)
         self.work: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.stopping = threading.Event()
+        self.next_task_check = 0.0
+        self.task_failures: dict[Any, tuple[int, float]] = {}  # task id -> (failures in a row, when to try again)
 
     def stop(self, *_: Any) -> None:
         self.stopping.set()
@@ -217,7 +225,8 @@ class Daemon:
                 try:
                     kind, item = self.work.get(timeout=0.25)
                 except queue.Empty:
-                    self._evolve_if_due(soul)
+                    if not self._step_task(soul):
+                        self._evolve_if_due(soul)
                     continue
                 if kind == "turn":
                     self._turn(soul, connection, item)
@@ -269,6 +278,40 @@ class Daemon:
         log.info("turn in %s over HTTP: perception %s, thought %s", result.conversation, result.perception_seq,
                  result.thought_seq)
         asked.done(result)
+
+    def _step_task(self, soul: Any) -> bool:
+        """When idle: one step of the open task left longest; whether a task was worked on."""
+        from soul.agent import tasks
+
+        now = time.monotonic()
+        if now < self.next_task_check:
+            return False
+        try:
+            ready = [t for t in tasks.open_tasks(soul) if self.task_failures.get(t.task, (0, 0.0))[1] <= now]
+        except Exception as e:  # a dead server: look again later
+            log.warning("tasks: %s", one_line(e))
+            ready = []
+        if not ready:
+            self.next_task_check = now + TASK_CHECK
+            return False
+        task = ready[0]
+        try:
+            after = tasks.step(soul, task, on_token=self._checked(None))
+        except Abandoned:
+            log.info("stopping: task %s goes on from its last journaled step at the next start", task.short)
+            return True
+        except Exception as e:  # the soul goes on; the step is tried again, then the task given up
+            failures = self.task_failures.get(task.task, (0, 0.0))[0] + 1
+            log.exception("task %s: step %d failed (%d of %d)", task.short, task.steps + 1, failures, TASK_FAILURES)
+            self.task_failures[task.task] = (failures, now + TASK_PAUSE * 2 ** (failures - 1))
+            if failures >= TASK_FAILURES:
+                with contextlib.suppress(Exception):
+                    tasks.finish(soul, task, "failed", f"Failed at step {task.steps + 1}, {failures} times: {one_line(e)}")
+            return True
+        self.task_failures.pop(task.task, None)
+        log.info("task %s: %s", task.short, f"step {after.steps}" if after.status in ("open", "cancelling")
+                 else f"{after.status} after {after.steps} steps")
+        return True
 
     def _evolve_if_due(self, soul: Any) -> None:
         """When idle, at most once a minute: run the evolution cadence (evolution/cadence.py)."""

@@ -6,7 +6,9 @@ Tools, each exposed only when it is on the allow-list:
 - `ask(question, conversation)`: one turn (the running daemon's when there is one), the reply;
 - `recall(query)`: hybrid search of memory;
 - `mount(corpus)`: mount a corpus for the context window;
-- `perceive(text)`: journal a perception from the calling agent, without answering it.
+- `perceive(text)`: journal a perception from the calling agent, without answering it;
+- `task(goal)`: start a task the daemon works on over many steps (soul/agent/tasks.py);
+- `tasks()`: the tasks, one a line, with their state and outcome.
 
 The allow-list is `--allow` (or SOUL_MCP_ALLOW), else `"serve": {"allow": [...]}` in
 `$SOUL_HOME/mcp.json`, else `ask,recall`: consulting the soul, not changing what it attends
@@ -40,7 +42,7 @@ from journal.errors import one_line
 from soul.agent.tools import ToolError
 from soul.doors.mcp_config import ConfigError, load_config
 
-TOOLS = ("ask", "recall", "mount", "perceive")
+TOOLS = ("ask", "recall", "mount", "perceive", "task", "tasks")
 DEFAULT_ALLOW = ("ask", "recall")
 SOURCE = "agent:mcp"
 CONVERSATION = "mcp"
@@ -105,6 +107,12 @@ class Backend:
         seq, _ = self.opened().perceive(text, source=SOURCE, conversation=f"source:{SOURCE}")
         return f"perceived (journal sequence {seq})"
 
+    def tasks(self) -> str:
+        from soul.agent import tasks
+
+        soul = self.opened()
+        return "\n".join(map(tasks.describe, tasks.listing(soul))) or "no task yet"
+
     def close(self) -> None:
         self.worker.shutdown(wait=True)
         if self.soul is not None:
@@ -134,7 +142,15 @@ def build(backend: Backend, allow: Sequence[str]) -> Any:
         """Tell the soul something; it is journaled as a perception, not answered."""
         return await backend.run(lambda: backend.perceive(text))
 
-    for fn in (ask, recall, mount, perceive):
+    async def task(goal: str) -> str:
+        """Hand the soul a goal it works on over many steps while its daemon runs; says the task's id."""
+        return await backend.run(lambda: backend.tool("task", {"goal": goal}))
+
+    async def tasks() -> str:
+        """The soul's tasks, one a line: id, state, steps used of the budget, goal, and the outcome."""
+        return await backend.run(backend.tasks)
+
+    for fn in (ask, recall, mount, perceive, task, tasks):
         if fn.__name__ in allow:
             server.add_tool(fn)
     return server

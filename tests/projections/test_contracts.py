@@ -14,6 +14,7 @@ from journal.event import NO_EMBEDDER, BifocalEvent, Embedder
 from projections.corpora import Corpora
 from projections.counts import EventCounts
 from projections.memory import Memory
+from projections.tasks import Tasks
 from projections.turns import Turns
 from tests.projections.contract import ProjectionContract
 
@@ -97,14 +98,17 @@ def turns_history() -> list[BifocalEvent]:
 def corpora_history() -> list[BifocalEvent]:
     b_py, c_py = chunk("lib", "b.py", 0, 1, "2"), chunk("lib", "c.py", 0, 3, "3")  # c.py: an interrupted ingest
     return [
-        chunk("lib", "a.py", 0, 2, "1"), chunk("lib", "a.py", 1, 2, "1"), b_py, fact("corpus_mounted", "corpus:lib", "lib"),
+        chunk("lib", "a.py", 0, 2, "1"), chunk("lib", "a.py", 1, 2, "1"), fact("corpus_added", "corpus:lib", "lib", root="/src/lib"),
+        b_py, fact("corpus_mounted", "corpus:lib", "lib"), fact("corpus_added", "corpus:docs", "docs", root="/docs"),
         chunk("docs", "x.md", 0, 1, "4"), fact("corpus_mounted", "corpus:docs", "docs"),  # lib is mounted no more
         chunk("lib", "a.py", 0, 2, "5"), c_py, said("perception", "not about a corpus", A),  # a.py changed: starts over
         chunk("lib", "a.py", 1, 2, "5"), removed("lib", "b.py", [b_py]),
         fact("corpus_mounted", "corpus:ghost", "ghost"), fact("corpus_unmounted", "corpus:docs", "docs"),  # unknown: ignored
         fact("corpus_removed", "corpus:docs", "docs"), chunk("docs", "y.md", 0, 1, "6"),  # removed, then added again
         fact("corpus_mounted", "corpus:lib", "lib"), removed("lib", "c.py", [c_py]), chunk("lib", "d.py", 0, 1, "7"),
+        fact("corpus_added", "corpus:lib", "lib", root="/src/lib2"),  # moved
         fact("corpus_removed", "corpus:lib", "lib"), fact("corpus_mounted", "corpus:docs", "docs"),
+        fact("corpus_added", "corpus:new", "new", root="/new"),  # added before its chunks
     ]
 
 
@@ -134,3 +138,31 @@ class TestEventCountsContract(ProjectionContract):
 
     def history(self) -> list[BifocalEvent]:  # counts read everything: all of the above, and what no view reads
         return [*memory_history(), *turns_history(), *corpora_history(), fact("curation_sealed", "lineage")]
+
+
+def tasks_history() -> list[BifocalEvent]:
+    one, two, ghost = (str(uuid.uuid4()) for _ in range(3))
+
+    def of(task: str, kind: str, prose: str, **data: Any) -> BifocalEvent:
+        return said(kind, prose, f"task:{task}", data={"task": task, **data})
+
+    return [
+        of(one, "task_started", "read the retry loop", conversation=f"task:{one}", max_steps=5, max_seconds=60.0,
+           corpus="lib", db=None, tools=["recall", "files", "read", "grep"], by="user"),
+        of(one, "thought", "<tool_call>files</tool_call>", step=1), of(one, "tool_call", "files"),
+        said("thought", "a conversation's thought, not a task's", A), said("tool_call", "recall x", A),
+        of(two, "task_started", "count the invoices", max_steps=2, max_seconds=30.0, db="shop", tools=["sql"]),
+        of(one, "tool_result", "src/retry.py"), of(two, "thought", "<tool_call>sql</tool_call>", step=1),
+        of(ghost, "thought", "of a task never started"), of("not-a-uuid", "thought", "ignored"),
+        of(two, "task_cancelled", "cancel it", by="user"), of(one, "thought", "it retries six times", step=2),
+        of(two, "task_finished", "Cancelled after 1 steps.", status="cancelled", steps=1),
+        of(two, "task_cancelled", "too late: it ended", by="user"),
+        of(one, "task_finished", "it retries six times", status="done", steps=2),
+    ]
+
+
+class TestTasksContract(ProjectionContract):
+    projection = Tasks
+
+    def history(self) -> list[BifocalEvent]:
+        return tasks_history()

@@ -30,6 +30,8 @@ def test_readme_command_exists_with_its_options(words: list[str]) -> None:
     ctx = click.Context(main)
     options = {opt for p in main.params for opt in p.opts + p.secondary_opts}
     for word in words:
+        if isinstance(command, click.Group) and word not in command.commands and not word.startswith("-"):
+            word = getattr(command, "default_command", word)  # `soul task GOAL` is `soul task start GOAL`
         if isinstance(command, click.Group) and word in command.commands:
             command = command.commands[word]
             options |= {opt for p in command.params for opt in p.opts + p.secondary_opts}

@@ -207,7 +207,9 @@ COMMANDS = commands(main)
 # fuzzed on its parsing only: click builds its context from the arguments but never calls it.
 RUN = {("tail",), ("search",), ("journal", "stats"), ("projections", "status"), ("projections", "rebuild"),
        ("corpus", "list"), ("corpus", "mount"), ("corpus", "unmount"), ("corpus", "remove"), ("services", "status")}
-FORCED_LAST = {("tail",): ["-F"], ("search",): ["--mode", "keyword"]}  # no live follow; no embedder to load
+# No live follow (an option left dangling, `--type`, takes the first word: the rest is then an
+# extra argument, a usage error, never a follow); no embedder to load.
+FORCED_LAST = {("tail",): ["--last", "1", "-F"], ("search",): ["--mode", "keyword"]}
 
 
 @st.composite

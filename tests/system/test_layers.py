@@ -97,9 +97,14 @@ def test_every_imported_project_name_exists(path: Path) -> None:
                 f"{path.relative_to(ROOT)}:{line}: {module} has no {name}")
 
 
+USERS_DATABASES = ROOT / "soul" / "agent" / "databases.py"  # the `sql` tool reads the user's databases, not the soul's
+
+
 def test_postgres_is_reached_only_through_projections() -> None:
     found = []
     for path in modules("journal", "evolution", "soul"):
+        if path == USERS_DATABASES:
+            continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])

@@ -91,7 +91,10 @@ def test_add_is_incremental_with_tombstones(repo: Path, nats_url: str, pg_url: s
     result = cli(app_name, "add", "tide", str(repo), "--json")
     report = json.loads(result.output.strip().splitlines()[-1])
     assert report["ingested"] == 3 and report["skipped"] == {"binary": 1} and report["chunks"] == 3
-    chunks = [e.event for e in entries(app_name)]
+    events = [e.event for e in entries(app_name)]
+    (added,) = [e for e in events if e.type == "corpus_added"]
+    assert added.data == {"root": str(repo.resolve())}  # where its files are read
+    chunks = [e for e in events if e is not added]
     assert {e.type for e in chunks} == {"chunk_ingested"}
     assert {e.corpus for e in chunks} == {"tide"} and {e.originator_id for e in chunks} == {"corpus:tide"}
     assert {e.data["path"] for e in chunks} == set(FILES)
@@ -114,7 +117,7 @@ def test_add_is_incremental_with_tombstones(repo: Path, nats_url: str, pg_url: s
     new_tides = "def low_tide(hour):\n    return hour % 24\n"
     assert [h.prose for h in hits(app_name, pg_url, "low_tide", corpus="tide")] == [new_tides]
     listed = json.loads(cli(app_name, "list", "--json").output)
-    assert listed == {"name": "tide", "mounted": False, "files": 2, "chunks": 2}
+    assert listed == {"name": "tide", "mounted": False, "files": 2, "chunks": 2, "root": str(repo.resolve())}
 
     with Journal(app_name) as journal:  # rebuilt from the journal, the views agree
         for projection in (Corpora(), Memory()):
@@ -222,7 +225,7 @@ def test_secrets_in_files_never_reach_the_journal(tmp_path: Path, nats_url: str,
     folder.mkdir()
     (folder / "settings.py").write_text('AWS_KEY = "AKIAIOSFODNN7EXAMPLE"\nDEBUG = True\n')
     assert cli(app_name, "add", "cfg", str(folder)).exit_code == 0
-    (chunk,) = [e.event for e in entries(app_name)]
+    (chunk,) = [e.event for e in entries(app_name) if e.topic == "chunk_ingested"]
     assert "AKIAIOSFODNN7EXAMPLE" not in chunk.prose and "[REDACTED:aws_access_key]" in chunk.prose
     assert chunk.data["redacted"] == ["aws_access_key"]
 
@@ -238,7 +241,7 @@ def test_the_first_files_are_journaled_while_the_rest_are_still_read(tmp_path: P
     with Journal(app_name) as journal:
         ingest = Ingest(journal, load_default_embedder(), "notes", {})
         report = ingest.run(tmp_path, list_files(tmp_path), progress=lambda _: seen.append(journal.last_seq()))
-        assert report.chunks == report.events == 3 * FIRST_BATCH
+        assert report.chunks == 3 * FIRST_BATCH and report.events == report.chunks + 1  # and its root
     # one chunk a file: the first batch is journaled as its last file is read, long before the end
     assert seen[FIRST_BATCH - 2] == 0 and seen[FIRST_BATCH - 1] == FIRST_BATCH
     assert seen[-1] == 3 * FIRST_BATCH  # then one batch twice as large

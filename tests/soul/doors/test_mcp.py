@@ -294,6 +294,15 @@ def test_other_agents_ask_and_recall_and_nothing_beyond_the_allow_list(env: dict
     assert recall_call.data == {"tool": "recall", "arguments": {"query": "lighthouse keeper"}}
 
 
+def test_other_agents_start_a_task_and_see_it_listed(env: dict[str, str], app_name: str) -> None:
+    names, (started, listed) = consult(env, "--allow", "task,tasks", calls=[
+        ("task", {"goal": "count the lighthouse's ships"}), ("tasks", {})])
+    assert names == ["task", "tasks"]
+    assert not started.is_error and text(started).startswith("task ") and "started" in text(started)
+    short = text(started).split()[1]
+    assert not listed.is_error and text(listed).startswith(f"{short}  open") and "count the lighthouse" in text(listed)
+
+
 def test_a_recalled_corpus_chunk_says_where_it_comes_from(env: dict[str, str], app_name: str) -> None:
     import numpy as np
 
@@ -320,7 +329,7 @@ def test_the_allow_list_comes_from_mcp_json_and_a_wrong_one_is_one_line(env: dic
     wrong = subprocess.run([*SOUL, "mcp", "serve", "--allow", "ask,rm"], env=env, capture_output=True, text=True,
                            timeout=120, stdin=subprocess.DEVNULL)
     assert wrong.returncode == 1
-    assert wrong.stderr == "Error: no such tool to serve: rm; the soul serves ask, recall, mount, perceive\n"
+    assert wrong.stderr == "Error: no such tool to serve: rm; the soul serves ask, recall, mount, perceive, task, tasks\n"
 
 
 def serve_http(env: dict[str, str], log: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
