@@ -192,3 +192,12 @@ def test_starting_a_task_checks_what_it_names(opened: Any) -> None:
         tasks.start(soul, "call", tools=["nope"])
     with pytest.raises(tasks.TaskError, match="no task 'abc'"):
         tasks.state(soul, "abc")
+
+
+def test_task_in_chat_starts_one_with_the_defaults(opened: Any) -> None:
+    soul = opened([])
+    result = soul.turn("/task count the ships in the harbour")
+    (state,) = tasks.listing(soul)
+    assert result.reply.startswith(f"task {state.short} started (at most {tasks.DEFAULT_STEPS} steps)")
+    assert (state.goal, state.by, state.tools, state.status) == ("count the ships in the harbour", "chat", ["recall"], "open")
+    assert soul.turn("/task").reply == "usage: /task GOAL"
