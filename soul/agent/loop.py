@@ -336,7 +336,7 @@ class Soul:
         section (see Brief); `tools` are the schemas the mind is shown, default tool_schemas(memory)."""
         tools = self.tool_schemas(memory) if tools is None else tools
         reserve = self.reserve if reserve is None else reserve
-        self.catch_up()
+        self.catch_up(Turns.name, Memory.name, Corpora.name)  # what the window reads
         context = self._assemble(conversation, vector, self.budget, memory)
         if context.evictions and not read_only:
             evicted = context.evictions[0]

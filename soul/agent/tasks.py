@@ -43,7 +43,7 @@ DEFAULT_STEPS = 20
 DEFAULT_SECONDS = 3600.0
 CORPUS_TOOLS = ("files", "read", "grep")
 DB_TOOLS = ("sql",)
-SCOPED = {"corpus": "corpus", "db": "db"}  # a tool parameter -> the task's field it must equal
+SCOPED = ("corpus", "db")  # tool parameters that must name the task's own corpus and database
 
 
 class TaskError(ValueError):
@@ -142,6 +142,11 @@ def _entry(soul: Soul, seq: int) -> Entry:
     return entry
 
 
+def last_step(soul: Soul, task: TaskState) -> str | None:
+    """The words of the task's last thought, if it has taken a step."""
+    return _entry(soul, task.last_thought).event.prose if task.last_thought is not None else None
+
+
 def _calls_of(soul: Soul, task: TaskState, thought: Entry) -> tuple[list[Entry], set[uuid.UUID]]:
     """The tool calls journaled for `thought`, in order, and the ids of those with a result."""
     calls, answered = [], set()
@@ -162,13 +167,13 @@ def refusal(task: TaskState, name: str, arguments: dict[str, Any]) -> str | None
         return f"this task may not call {name or 'an unparsed tool'!r}; it may call: {', '.join(task.tools)}"
     tool = TOOLS.get(name)
     parameters = tool.parameters.get("properties", {}) if tool else {}
-    for parameter, field in SCOPED.items():
-        own = getattr(task, field)
+    for parameter in SCOPED:
+        own = getattr(task, parameter)
         if parameter not in parameters:
             continue
         given = arguments.get(parameter)
         if given and own and given != own:
-            return f"this task may read {field} {own!r} only, not {given!r}"
+            return f"this task may read {parameter} {own!r} only, not {given!r}"
         if own and not given:
             arguments[parameter] = own
     return None
@@ -218,7 +223,7 @@ def step(soul: Soul, task: TaskState, on_token: Callable[[str], None] | None = N
     elapsed = time.time() - task.started.timestamp()
     if task.steps >= task.max_steps or elapsed > task.max_seconds:
         spent = f"{task.steps} steps" if task.steps >= task.max_steps else f"{elapsed:.0f} s"
-        last = _entry(soul, task.last_thought).event.prose if task.last_thought else "none"
+        last = last_step(soul, task) or "none"
         return finish(soul, task, "out_of_budget", f"Out of budget after {spent}. The last step: {last}")
     number = task.steps + 1
     sampling = soul.sampling()

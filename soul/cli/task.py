@@ -183,14 +183,9 @@ def tasks_command(ctx: click.Context, open_only: bool, as_json: bool) -> None:
     """The tasks, oldest first: id, state, steps used of the budget, the last step or the outcome."""
     with _soul(ctx) as soul:
         found = tasks.listing(soul, open_only=open_only)
-        last = {t.task: _prose(soul, t.last_thought) for t in found if t.last_thought and t.outcome is None}
+        last = {t.task: tasks.last_step(soul, t) for t in found if t.outcome is None}
     for state in found:
         click.echo(orjson.dumps({**state.as_dict(), "last_step": last.get(state.task)}).decode() if as_json
                    else tasks.describe(state, last.get(state.task)))
     if not found and not as_json:
         click.echo('no task yet: soul task "GOAL"', err=True)
-
-
-def _prose(soul: Soul, seq: int) -> str | None:
-    entry = next(soul.journal.read(since=seq, limit=1), None)
-    return entry.event.prose if entry is not None and entry.event is not None else None

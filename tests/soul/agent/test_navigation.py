@@ -4,6 +4,7 @@ through the soul as the mind calls them: journaled call, journaled result."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import stat
 import uuid
@@ -117,16 +118,24 @@ def test_sql_reads_postgres_in_a_read_only_transaction(soul: Soul, pg_url: str) 
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-def test_soul_db_adds_lists_queries_and_removes(shop: Path, soul_home: Path) -> None:
+def test_soul_db_adds_lists_queries_and_removes(shop: Path, soul_home: Path, pg_url: str) -> None:
     def soul_db(*args: str) -> Any:
         return CliRunner().invoke(main, ["db", *args])
 
     assert soul_db("add", "shop", "--sqlite", str(shop)).output == f"database shop: sqlite {shop}\n"
+    assert soul_db("add", "pg", "--postgres", pg_url).exit_code == 0
+    listed = [json.loads(line) for line in soul_db("list", "--json").output.splitlines()]
+    assert [(d["name"], d["kind"]) for d in listed] == [("pg", "postgres"), ("shop", "sqlite")]
+    assert soul_db("remove", "pg").exit_code == 0
     databases.add("crm", {"kind": "sqlite", "path": str(shop)})
     assert databases.masked({"kind": "postgres", "url": "postgresql://ada:" + "s3cret" + "@db.local/crm"}) == (
         "postgresql://ada:***@db.local/crm")
     assert soul_db("list").output == f"crm                  sqlite    {shop}\nshop                 sqlite    {shop}\n"
     assert soul_db("query", "shop", "SELECT count(*) AS n FROM invoices").output == "n\n60\n"
+    assert json.loads(soul_db("query", "shop", "SELECT id, total FROM invoices WHERE id = 1", "--json").output) == {
+        "columns": ["id", "total"], "rows": [[1, 1.5]], "more": False}
+    refused = soul_db("query", "shop", "DELETE FROM invoices")
+    assert refused.exit_code == 1 and refused.output == "Error: sqlite: attempt to write a readonly database\n"
     wrong = soul_db("add", "x", "--sqlite", str(shop), "--postgres", "postgresql://h/db")
     assert wrong.exit_code == 2 and "give one of --sqlite FILE or --postgres URL" in wrong.output
     assert soul_db("remove", "crm").output == "database crm removed\n"
