@@ -29,6 +29,8 @@ into the temporary home first: ~1 minute), or `--model`'s.
    `first`) counts the turns it reads that none before it did; the warm-up and measured ones
    add stored counts. The heap loaded before (modules, the tokenizer) is frozen out of garbage
    collection first (`gc.freeze()`).
+   Each assembly is followed by its floor: the same window's rows read in one SELECT and
+   their text joined (`floor_*`), what any assembly over this projection must pay.
    Targets: p50 <= 3 ms at the budget, p99 <= 10 ms at the wide budget, and at each budget
    p99(1M) / p99(10k) <= 1.2.
 
@@ -69,7 +71,7 @@ from projections.base import schema_for  # noqa: E402
 from projections.postgres import connect  # noqa: E402
 from projections.runner import ProjectionRunner  # noqa: E402
 from projections.turns import TURNS, Turns  # noqa: E402
-from soul.agent.context import MAX_BUDGET, assemble, summarise  # noqa: E402
+from soul.agent.context import MAX_BUDGET, assemble, render_turn, summarise  # noqa: E402
 from evolution.weights.model import embedded_model_dir  # noqa: E402
 
 TARGET = 1.2  # p99(large) / p99(small), at each budget
@@ -166,6 +168,15 @@ def load_turns(nats_url: str, pg_url: str, events: int, kept: int) -> tuple[Jour
     return journal, str(talk)
 
 
+def floor_read(conn: psycopg.Connection[Any], app: str, conversation: str, turns: int) -> str:
+    """What any assembly of a window of `turns` turns must do: read their rows in one SELECT and
+    join their text (no counts, no pinned blocks, no eviction)."""
+    rows = conn.execute(sql.SQL("SELECT seq, type, prose FROM {} WHERE conversation = %s AND type = ANY(%s)"
+                                " ORDER BY seq DESC LIMIT %s").format(Turns.view(app)),
+                        [conversation, list(TURNS), turns]).fetchall()
+    return "".join(render_turn(*row) for row in reversed(rows))
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
@@ -216,6 +227,7 @@ def main() -> int:
             gc.freeze()
             runs = [(t, events) for t in budgets for events in sizes]
             timings: dict[tuple[int, int], list[float]] = {run: [] for run in runs}
+            floors: dict[tuple[int, int], list[float]] = {run: [] for run in runs}
             with connect(pg_url) as conn:
                 windows, first = {}, {}
                 say(f"assembling: {20 + assemblies} rounds of {len(runs)}")
@@ -230,13 +242,18 @@ def main() -> int:
                             timings[t, events].append(took)
                         windows[t, events] = (len(context.turn_seqs), context.tokens,
                                               any(b.kind == "summary" for b in context.blocks))
+                        start = time.perf_counter()
+                        floor_read(conn, app, talk, len(context.turn_seqs))
+                        if round_ >= 20:
+                            floors[t, events].append(time.perf_counter() - start)
                 report: dict[str, Any] = {"machine": machine(conn), "quick": quick, "budget": budget,
                                           "wide": wide or None, "kept": kept, "projection_path": path}
 
             def figures(t: int, events: int) -> dict[str, Any]:
-                values = timings[t, events]
+                values, floor = timings[t, events], floors[t, events]
                 turns, tokens, summary = windows[t, events]
                 return {"p50_ms": 1000 * statistics.median(values), "p99_ms": 1000 * percentile(values, 99),
+                        "floor_p50_ms": 1000 * statistics.median(floor), "floor_p99_ms": 1000 * percentile(floor, 99),
                         "first_ms": 1000 * first[t, events], "window_turns": turns, "tokens": tokens,
                         "summary": summary}
 
@@ -265,7 +282,8 @@ def main() -> int:
         for key, t, ratio_key in (("sizes", budget, "ratio"), ("wide_sizes", wide, "wide_ratio")):
             for events, f in (report[key] or {}).items():
                 print(f"budget {t:>6}, {events:>9,} events: p50 {f['p50_ms']:6.2f} ms  p99 {f['p99_ms']:6.2f} ms  "
-                      f"first {f['first_ms']:7.1f} ms  ({f['window_turns']} turns, {f['tokens']} tokens)")
+                      f"first {f['first_ms']:7.1f} ms  ({f['window_turns']} turns, {f['tokens']} tokens); "
+                      f"floor p50 {f['floor_p50_ms']:6.2f} ms  p99 {f['floor_p99_ms']:6.2f} ms")
             if report[key]:
                 print(f"budget {t:>6}: p99 ratio {report[ratio_key]:.3f} (target <= {TARGET})")
         verdict = {True: "pass", False: "MISS", None: "not judged (--quick)"}[report["pass"]]

@@ -145,7 +145,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             outcome, took = soul(home, "evolve", *config_words, "--json")
             entry: dict[str, Any] = {"generation": g, "status": outcome["status"], "evolve_s": round(took, 1),
                                      "telling_s": round(telling, 1), "why": outcome.get("why"),
-                                     "figures": outcome.get("figures"), "stages_s": outcome.get("seconds")}
+                                     "figures": outcome.get("figures"), "stages_s": outcome.get("seconds"),
+                                     "training": outcome.get("training")}
             name_path = active(home, app)
             asker = Asker(name_path[1], DEFAULT_SELF, args.max_tokens) if name_path else w0
             row = {"generation": f"gen-{g}", "status": outcome["status"]}

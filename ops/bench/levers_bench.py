@@ -2,7 +2,7 @@
 """Which training settings make a generation learn: the learning benchmark's rows, offline.
 
     python ops/bench/levers_bench.py [--generations 2] [--keys mlp] [--lam 0.8] [--lams 0.6,1.0]
-        [--density 0.3] [--weight 0.5] [--no-normalize] [--rehearse 0] [--relearn] [--rule restate-v2]
+        [--density 0.3] [--weight 0.5] [--no-normalize] [--rehearse 0] [--relearn] [--joint] [--rule restate-v2]
         [--json]                                                     # ~5 min a generation on 2 cores
     python ops/bench/levers_bench.py --quick --model DIR            # seconds: the tests
 
@@ -18,13 +18,16 @@ generation g-1 with `evolution.train.train_adapter` and merges `W0 + λ·TIES(Δ
 `evolution.ties.merge_model` (every task vector at `--weight` and `--density`; the disjoint sum
 divided by Σ weight·mask, a disjoint mean, unless `--no-normalize`), then asks the merged
 weights, as learning_bench does, every group taught so far and the general questions W0
-answers right, and measures anchor-set perplexity. Nothing is asserted: the figures are
+answers right, and measures anchor-set perplexity. `--joint` trains one adapter on W0 with every
+group's rows at once, for as many iterations as the generations would take together, and merges
+it alone: what these rows and this LoRA can hold with no generation in the way of another. Nothing is asserted: the figures are
 printed (docs/evolution.md holds them).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from evolution.evaluate import anchor_texts, perplexity
     from evolution.lessons import restate
     from evolution.ties import LoraAdapter, merge_model
-    from evolution.train import train_adapter
+    from evolution.train import iterations, train_adapter
     from evolution.weights.model import embedded_model_dir
     from soul.agent.loop import DEFAULT_SELF
 
@@ -89,7 +92,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="soul-levers-"))
     parent, parent_path, adapters = w0, base, []
     try:
-        for g, told in groups.items():
+        # Sequentially each generation learns its own group; --joint learns every group in one adapter
+        # trained on W0 for as many steps as the generations would take together: a bound, not a schedule.
+        steps = [list(groups)] if args.joint else [[g] for g in groups]
+        for step, taught in enumerate(steps, start=1):
+            g = taught[-1]
+            told = [f for h in taught for f in groups[h]]
             replies = parent.answers([f["tell"] for f in told])
             rows = []
             for fact, reply in zip(told, replies, strict=True):
@@ -101,13 +109,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             start = (g - 1) * args.rehearse  # each generation rehearses the next prompts of the set
             rows += [rehearsal[(start + i) % len(rehearsal)] for i in range(args.rehearse)] if rehearsal else []
             started = time.perf_counter()
-            adapters.append(LoraAdapter(train_adapter(parent_path, rows, config, work / "adapters").path))
-            entry: dict[str, Any] = {"generation": g, "rows": len(rows), "train_s": round(time.perf_counter() - started, 1),
-                                     "merges": []}
-            extra = [float(x) for x in args.lams.split(",") if x] if g == args.generations else []
+            trained = dataclasses.replace(config, iters=config.iters * len(taught))
+            adapters.append(LoraAdapter(train_adapter(parent_path, rows, trained, work / "adapters").path))
+            entry: dict[str, Any] = {"generation": g, "groups": taught, "rows": len(rows),
+                                     "iters": iterations(trained, len(rows)),
+                                     "train_s": round(time.perf_counter() - started, 1), "merges": []}
+            extra = [float(x) for x in args.lams.split(",") if x] if step == len(steps) else []
             for lam in [args.lam, *extra]:
                 out = work / f"gen-{g}-lambda-{lam:g}"
-                seal = merge_model(base, out, adapters, [config.weight] * g, [args.density] * g, lam=lam,
+                seal = merge_model(base, out, adapters, [config.weight] * step, [args.density] * step, lam=lam,
                                    normalize=config.normalize)
                 asker = Asker(out, DEFAULT_SELF, args.max_tokens)
                 merged = {"lambda": lam, "max_drift": round(max(seal.drift.values()), 4),
@@ -147,6 +157,8 @@ def main() -> None:
     parser.add_argument("--rehearse", type=int, default=0, help="rows of W0's own answers added to each generation")
     parser.add_argument("--relearn", action="store_true",
                         help="add every earlier generation's lesson rows to each generation's rows")
+    parser.add_argument("--joint", action="store_true",
+                        help="one adapter on W0 learns every group at once (iterations x generations): the bound")
     parser.add_argument("--rule", default=EvolutionConfig().lesson_rule, choices=RULES, help="the lesson rule (evolution/lessons.py)")
     parser.add_argument("--max-tokens", type=int, default=20, help="tokens of each answer")
     parser.add_argument("--quick", action="store_true", help="2 facts a group, 2 general questions: that it runs")

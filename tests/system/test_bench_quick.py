@@ -122,3 +122,14 @@ def test_levers_quick_trains_merges_and_asks(tmp_path: Path) -> None:
     assert [(g["generation"], g["rows"] > 2) for g in report["generations"]] == [(1, True), (2, True)]
     last = report["generations"][-1]["merges"]
     assert [m["lambda"] for m in last] == [0.8, 1.0] and {"g1", "g2", "perplexity_ratio"} <= set(last[0])
+
+
+def test_levers_joint_learns_every_group_in_one_adapter(tmp_path: Path) -> None:
+    model = build_tiny_model(tmp_path / "tiny")
+    done = subprocess.run([sys.executable, str(ROOT / "ops/bench/levers_bench.py"), "--quick", "--json", "--joint",
+                           "--model", str(model), "--learning-rate", "1e-2", "--rank", "4", "--max-tokens", "4"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (joint,) = json.loads(done.stdout)["generations"]
+    assert joint["groups"] == [1, 2] and joint["iters"] == 6  # the two generations' 3 quick iterations each
+    assert {"g1", "g2", "perplexity_ratio"} <= set(joint["merges"][0])

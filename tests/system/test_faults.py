@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,13 +46,14 @@ MINILM = Embedder("test-minilm@1", 384)
 def soul_like(count: int, seed: int) -> list[BifocalEvent]:
     """`count` events of every kind the projections read, as a living soul journals them (seq =
     position + 1 in a fresh journal): turns of three conversations, corpus chunks and their
-    removal, mounts, resonance judgements, summaries, and now and then a perception whose prose
-    holds a NUL, which Postgres text cannot hold."""
+    removal, mounts, resonance judgements, summaries, tasks and their steps, and now and then a
+    perception whose prose holds a NUL, which Postgres text cannot hold."""
     rng = random.Random(seed)
     vectors = np.random.default_rng(seed).standard_normal((count, MINILM.dim)).astype("<f4")
     versions: dict[str, int] = {}
     events: list[BifocalEvent] = []
     chunks: list[BifocalEvent] = []
+    task: str | None = None  # the task open now, whose steps some turns are
 
     def add(kind: str, prose: str, origin: str, **fields: Any) -> None:
         versions[origin] = versions.get(origin, 0) + 1
@@ -60,8 +62,19 @@ def soul_like(count: int, seed: int) -> list[BifocalEvent]:
     while len(events) < count:
         seq, roll = len(events) + 1, rng.random()
         conversation = f"conversation:{rng.randrange(3)}"
-        if roll < 0.45:
-            add(rng.choice(("perception", "thought", "tool_result")), f"turn {seq}: retries and the journal", conversation)
+        if roll < 0.02:
+            if task is None:
+                task = str(uuid.UUID(int=seq))
+                add("task_started", f"goal {seq}: find the retry", f"task:{task}", data={"task": task, "max_steps": 9})
+            else:
+                add("task_finished", f"found it at {seq}", f"task:{task}", data={"task": task, "status": "done"})
+                task = None
+        elif roll < 0.45:
+            kind = rng.choice(("perception", "thought", "tool_result"))
+            if task is not None and kind != "perception" and rng.random() < 0.3:
+                add(kind, f"step {seq} of the task", f"task:{task}", data={"task": task, "step": seq})
+            else:
+                add(kind, f"turn {seq}: retries and the journal", conversation)
         elif roll < 0.65:
             add("chunk_ingested", f"def handler_{seq}(): pass", "corpus:lib", corpus="lib",
                 data={"path": f"src/f{seq % 40}.py", "sha256": f"{seq:064x}", "chunks": 1})
@@ -261,7 +274,7 @@ def test_events_a_view_cannot_hold_are_dead_letters_and_the_rest_is_applied(
                      data={"path": "b.py", "chunk_ids": "not a list of ids"}),
         BifocalEvent("perception", "after", vector, MINILM, "c", 3),
     ])
-    expected = {"event_counts": [], "memory": [2, 5], "corpora": [3], "turns": [2]}
+    expected = {"event_counts": [], "memory": [2, 5], "corpora": [3], "turns": [2], "tasks": []}
     for name, projection in PROJECTIONS.items():
         with ProjectionRunner(journal, projection(), pg_url, page=4) as runner:
             assert runner.catch_up() == 6, name
