@@ -124,7 +124,7 @@ def test_restored_into_a_fresh_home_the_soul_answers_as_before(soul: Soul, tmp_p
         restored = elsewhere("restore", str(soul.backup))
         assert restored.exit_code == 0, restored.output
         assert restored.stdout.startswith(f"restored soul {app!r} from {soul.backup}: ")
-        assert restored.stdout.rstrip().endswith("views rebuilt: event_counts, memory, corpora, turns")
+        assert restored.stdout.rstrip().endswith("views rebuilt: event_counts, memory, corpora, turns, tasks")
         assert looks(elsewhere, app) == before
         replays(elsewhere, app)
 
