@@ -106,8 +106,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.relearn:  # the journaled lessons of earlier generations, taught again
                 rows += [chat_row(DEFAULT_SELF, cue, answer) for h in range(1, g) for fact in groups[h]
                          for cue, answer in restate(fact["tell"], args.rule)]
-            start = (g - 1) * args.rehearse  # each generation rehearses the next prompts of the set
-            rows += [rehearsal[(start + i) % len(rehearsal)] for i in range(args.rehearse)] if rehearsal else []
+            start = (taught[0] - 1) * args.rehearse  # each generation rehearses the next prompts of the set
+            rows += [rehearsal[(start + i) % len(rehearsal)] for i in range(args.rehearse * len(taught))] if rehearsal else []
             started = time.perf_counter()
             trained = dataclasses.replace(config, iters=config.iters * len(taught))
             adapters.append(LoraAdapter(train_adapter(parent_path, rows, trained, work / "adapters").path))
@@ -164,6 +164,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 facts a group, 2 general questions: that it runs")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.joint and args.relearn:
+        parser.error("--joint already learns every group's lessons at once: --relearn has nothing to add")
     if args.quick:
         args.iters = min(args.iters, 3)
     reexec_with_optimized_blas()

@@ -192,7 +192,7 @@ def main() -> int:
                               "overhead_ms": 1000 * (wall - mind_time.seconds - embed_time.seconds),
                               "embed_ms": 1000 * embed_time.seconds})
                 if t < 5 or t >= args.turns - 5:  # the ends the ratio compares: raw mlx-lm in the same place
-                    (messages, tools), = [(m, t) for made, m, t in asked if made is generation]
+                    (messages, tools), = [(m, offered) for made, m, offered in asked if made is generation]
                     prompt = soul.mind.encode(messages, tools)
                     assert len(prompt) == generation.prompt_tokens, "raw must see the turn's own prompt"
                     turns[-1]["raw_ttft_s"] = raw_first_token(soul, prompt, generation.reused_tokens)

@@ -50,6 +50,7 @@ from projections import corpora
 from projections.corpora import Corpora
 from projections.memory import Memory
 from projections.postgres import pg_url
+from projections.registry import PROJECTIONS
 from projections.resonance import combine
 from projections.runner import ProjectionRunner
 from projections.search import Hit, search
@@ -165,7 +166,10 @@ class Soul:
         self.app, self.journal, self.mind, self.embedder = app, journal, mind, embedder
         self.config, self.generation, self.as_of = config, generation, as_of
         self.conversation = DEFAULT_CONVERSATION
-        self.runners = {p.name: ProjectionRunner(journal, p, url) for p in (Turns(), Memory(), Corpora(), Tasks())}
+        # The views a turn and a task read, taken from the registry: a view the soul keeps is one that
+        # `soul projections`, the daemon, a restore and an erase know too.
+        self.runners = {name: ProjectionRunner(journal, PROJECTIONS[name](), url)
+                        for name in (Turns.name, Memory.name, Corpora.name, Tasks.name)}
         self.conn = self.runners[Turns.name].conn  # reads go through one of the runners' connections
         # A reply takes at most a quarter of the model's context; the window leaves room for it
         # and for the self judge's question.
